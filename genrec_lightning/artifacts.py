@@ -1,0 +1,103 @@
+"""Cached artifacts: config hashes, atomic writes and `meta.json` bookkeeping.
+
+Every stage writes its output into a directory named after the hash of the configuration it was
+built from, plus a `meta.json` holding that configuration. A reader checks the stored
+configuration against the one it expects, so an artifact built from another config is rebuilt,
+never silently reused, and a directory only appears once it is complete (write to a temporary
+sibling, then rename), so nothing half-written is ever read back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+META_FILE = "meta.json"
+
+
+def _canonical(obj: Any) -> Any:
+    """Turn `obj` into plain JSON types with a deterministic order (tuples become lists)."""
+    if isinstance(obj, Mapping):
+        return {str(k): _canonical(v) for k, v in sorted(obj.items(), key=lambda kv: str(kv[0]))}
+    if isinstance(obj, (list, tuple)):
+        return [_canonical(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    raise TypeError(f"cannot hash a config value of type {type(obj).__name__}: {obj!r}")
+
+
+def config_hash(config: Mapping[str, Any], length: int = 12) -> str:
+    """Short stable hash of a JSON-like configuration (key order does not matter)."""
+    text = json.dumps(_canonical(config), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:length]
+
+
+def file_fingerprint(path: str | Path) -> dict[str, Any]:
+    """Identity of an input file (name, size, modification time) so changed raw files rebuild caches."""
+    p = Path(path)
+    st = p.stat()
+    return {"name": p.name, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+@contextlib.contextmanager
+def atomic_dir(target: str | Path) -> Iterator[Path]:
+    """Yield a temporary directory that replaces `target` only if the block finishes.
+
+    On error the temporary directory is removed and `target` (if it existed) is left untouched.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        yield tmp
+        if target.exists():
+            old = target.with_name(f".{target.name}.old-{os.getpid()}")
+            os.replace(target, old)
+            os.replace(tmp, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def write_json_atomic(path: str | Path, data: Mapping[str, Any]) -> None:
+    """Write JSON to `path` through a temporary file and a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(_canonical(data), f, indent=2, sort_keys=True)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_meta(directory: str | Path) -> dict[str, Any] | None:
+    """The `meta.json` of an artifact directory, or None when the directory is absent or incomplete."""
+    meta = Path(directory) / META_FILE
+    if not meta.is_file():
+        return None
+    with open(meta) as f:
+        return json.load(f)
+
+
+def is_valid_artifact(directory: str | Path, config: Mapping[str, Any], files: tuple[str, ...]) -> bool:
+    """True when `directory` holds every file in `files` and was built from exactly `config`."""
+    meta = read_meta(directory)
+    if meta is None or meta.get("config") != _canonical(config):
+        return False
+    return all((Path(directory) / name).is_file() for name in files)

@@ -1,0 +1,1 @@
+"""Data pipeline: readers -> preprocessing -> item embeddings -> datamodules."""

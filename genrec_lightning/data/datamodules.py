@@ -1,0 +1,481 @@
+"""LightningDataModules: one per dataset for the recommender stage, one wrapper for the tokenizer stage.
+
+`SequenceDataModule` owns the pipeline from raw files to tensors; a subclass only says which
+reader to use. Artifacts are cached under `cache_dir/<dataset>/<config hash>/` and built once,
+under a file lock, by whichever process needs them first (global rank 0 in `prepare_data`, or
+any process that reads a size property for `link_arguments` before that); the others wait and
+load the finished files.
+"""
+
+from __future__ import annotations
+
+import logging
+from abc import ABC, abstractmethod
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Literal
+
+import lightning.pytorch as L
+import numpy as np
+import polars as pl
+import torch
+from filelock import FileLock
+from torch.utils.data import DataLoader
+
+from genrec_lightning.artifacts import (
+    atomic_dir,
+    config_hash,
+    is_valid_artifact,
+    read_meta,
+    write_json_atomic,
+)
+from genrec_lightning.data import preprocess as pp
+from genrec_lightning.data.datasets import (
+    ItemEmbeddings,
+    SequenceSamples,
+    UnpaddedDistributedSampler,
+    collate_batch,
+)
+from genrec_lightning.data.embeddings import SentenceTransformerEncoder, check_finite
+from genrec_lightning.data.readers import (
+    Amazon2014,
+    Amazon2023,
+    DatasetReader,
+    MovieLens1M,
+    MovieLens100K,
+    Yelp,
+    build_item_text,
+)
+
+log = logging.getLogger(__name__)
+
+#: Bump when the artifact layout or preprocessing semantics change, so old caches are rebuilt.
+FORMAT_VERSION = 1
+SEQUENCE_FILES = ("interactions.parquet", "items.parquet", "users.parquet")
+EMBEDDING_FILES = ("embeddings.npy",)
+
+
+def _distributed_world() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_world_size(), torch.distributed.get_rank()
+    return 1, 0
+
+
+class SequenceDataModule(L.LightningDataModule, ABC):
+    """Leave-one-out (history, target) samples of one dataset, with item texts and embeddings."""
+
+    def __init__(
+        self,
+        min_user_interactions: int = 5,
+        min_item_interactions: int = 5,
+        max_history: int = 20,
+        text_fields: list[str] | None = None,
+        missing_text: Literal["fallback", "error"] = "fallback",
+        encoder: SentenceTransformerEncoder | None = None,
+        cache_dir: str = "data/cache",
+        batch_size: int = 256,
+        eval_batch_size: int = 512,
+        num_workers: int = 0,
+    ) -> None:
+        """
+        Args:
+            min_user_interactions: iterative k-core threshold for users (paper: 5).
+            min_item_interactions: iterative k-core threshold for items (paper: 5).
+            max_history: most recent items kept as history (paper: 20); older ones are dropped.
+            text_fields: metadata fields joined into the item text (None: the dataset's defaults).
+            missing_text: items with no text get "Item <raw id>" and are counted (`fallback`),
+                or stop the run with an error listing them (`error`).
+            encoder: text encoder for item embeddings (default: embedded all-MiniLM-L6-v2).
+            cache_dir: where preprocessed and embedding artifacts are cached.
+            batch_size: training batch size (per process).
+            eval_batch_size: validation/test/predict batch size (per process).
+            num_workers: DataLoader worker processes (batches are built by tensor gathers, so 0
+                is usually fastest).
+        """
+        super().__init__()
+        if min(min_user_interactions, min_item_interactions) < 1 or max_history < 1:
+            raise ValueError("min_*_interactions and max_history must be positive")
+        self.min_user_interactions = min_user_interactions
+        self.min_item_interactions = min_item_interactions
+        self.max_history = max_history
+        self.missing_text = missing_text
+        self.encoder = encoder if encoder is not None else SentenceTransformerEncoder()
+        self.cache_dir = Path(cache_dir).expanduser()
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size
+        self.num_workers = num_workers
+        self.prepare_data_per_node = False  # artifacts are built once, by global rank 0
+        self.reader = self.build_reader()
+        self.text_fields = (
+            list(text_fields) if text_fields is not None else list(self.reader.default_text_fields)
+        )
+        self._splits: dict[str, SequenceSamples] = {}
+
+    @abstractmethod
+    def build_reader(self) -> DatasetReader:
+        """The reader of this dataset's raw files, from the subclass's constructor arguments."""
+
+    # ----------------------------------------------------------------------------- artifacts
+    def preprocess_config(self) -> dict[str, Any]:
+        """Everything that determines the preprocessed artifact."""
+        return {
+            "format": FORMAT_VERSION,
+            "source": self.reader.config(),
+            "min_user_interactions": self.min_user_interactions,
+            "min_item_interactions": self.min_item_interactions,
+            "text_fields": self.text_fields,
+            "missing_text": self.missing_text,
+        }
+
+    @cached_property
+    def artifact_dir(self) -> Path:
+        """Directory of the preprocessed artifact for the current configuration."""
+        self.reader.check_files()
+        return self.cache_dir / self.reader.name / config_hash(self.preprocess_config())
+
+    def _lock(self) -> FileLock:
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        return FileLock(str(self.cache_dir / f".{self.reader.name}.lock"))
+
+    def build_artifacts(self) -> Path:
+        """Build the preprocessed artifact unless a valid one for this config exists; return its dir."""
+        target = self.artifact_dir
+        config = self.preprocess_config()
+        with self._lock():
+            if is_valid_artifact(target, config, SEQUENCE_FILES):
+                return target
+            if target.exists():
+                log.warning("Cached artifact %s was built from another config; rebuilding", target)
+            log.info("Preprocessing %s into %s", self.reader.name, target)
+            frames, meta = self._preprocess()
+            with atomic_dir(target) as tmp:
+                for name, frame in frames.items():
+                    frame.write_parquet(tmp / name)
+                write_json_atomic(tmp / "meta.json", {"config": config, **meta})
+        return target
+
+    def _preprocess(self) -> tuple[dict[str, pl.DataFrame], dict[str, Any]]:
+        raw = self.reader.read()
+        raw_stats = {
+            "interactions": raw.interactions.height,
+            "users": raw.interactions["user"].n_unique(),
+            "items": raw.interactions["item"].n_unique(),
+        }
+        deduped = pp.deduplicate(raw.interactions.lazy())
+        core = pp.k_core(deduped, self.min_user_interactions, self.min_item_interactions)
+        short = core.filter(pl.len().over("user") < 3)
+        if short.height:
+            log.warning(
+                "Dropping %d users with fewer than 3 interactions (leave-one-out needs 3)",
+                short["user"].n_unique(),
+            )
+            core = core.filter(pl.len().over("user") >= 3)
+            if core.height == 0:
+                raise pp.EmptyDatasetError("no user has the 3 interactions leave-one-out needs")
+        ordered, users, items = pp.index_and_order(core)
+        items = self._item_text(items, raw.items)
+        seqs = pp.to_sequences(ordered, users.height)
+        stats = pp.statistics(seqs, items.height)
+        splits = pp.leave_one_out(seqs)
+        stats |= {f"{name}_samples": len(split) for name, split in splits.items()}
+        stats["fallback_texts"] = int(items["text_is_fallback"].sum())
+        meta = {"raw": raw_stats, "deduplicated": int(_count(deduped)), "stats": stats}
+        return {"interactions.parquet": ordered, "items.parquet": items, "users.parquet": users}, meta
+
+    def _item_text(self, items: pl.DataFrame, metadata: pl.DataFrame) -> pl.DataFrame:
+        """Attach item text built from `text_fields`; apply and report the missing-text fallback."""
+        meta = metadata.unique(subset="item", keep="first", maintain_order=True).rename({"item": "item_raw"})
+        joined = items.join(meta, on="item_raw", how="left", maintain_order="left")
+        text = build_item_text(joined, self.text_fields)
+        missing = text.is_null()
+        if missing.any():
+            raw_ids = joined.filter(missing)["item_raw"]
+            if self.missing_text == "error":
+                raise ValueError(
+                    f"{len(raw_ids)} item(s) have no text in fields {self.text_fields} "
+                    f"(e.g. {raw_ids.head(5).to_list()}); add metadata, choose other text_fields, "
+                    "or set missing_text: fallback"
+                )
+            log.warning(
+                "%d item(s) have no text in %s; using 'Item <id>' instead (e.g. %s)",
+                len(raw_ids),
+                self.text_fields,
+                raw_ids.head(5).to_list(),
+            )
+        fallback = pl.lit("Item ") + pl.col("item_raw").cast(pl.String)
+        return joined.select(
+            "item",
+            "item_raw",
+            pl.when(missing).then(fallback).otherwise(text).alias("text"),
+            missing.alias("text_is_fallback"),
+        )
+
+    def embedding_config(self) -> dict[str, Any]:
+        return {"data": config_hash(self.preprocess_config()), "encoder": self.encoder.config()}
+
+    def embedding_dir(self) -> Path:
+        return self.artifact_dir / "embeddings" / config_hash(self.embedding_config())
+
+    def build_embeddings(self) -> Path:
+        """Encode every item text once (cached per data config and encoder); return the directory."""
+        data_dir = self.build_artifacts()
+        target = self.embedding_dir()
+        config = self.embedding_config()
+        with self._lock():
+            if is_valid_artifact(target, config, EMBEDDING_FILES):
+                return target
+            texts = pl.read_parquet(data_dir / "items.parquet", columns=["text"])["text"].to_list()
+            log.info("Encoding %d item texts with %s", len(texts), self.encoder.model)
+            vectors = self.encoder.encode(texts)
+            with atomic_dir(target) as tmp:
+                np.save(tmp / "embeddings.npy", vectors)
+                meta = {"config": config, "num_items": len(texts), "dim": int(vectors.shape[1])}
+                write_json_atomic(tmp / "meta.json", meta)
+        return target
+
+    def item_embeddings(self) -> torch.Tensor:
+        """Item embeddings `[num_items, dim]` (float32), built if missing; checked for NaN/inf."""
+        directory = self.build_embeddings()
+        vectors = np.load(directory / "embeddings.npy")
+        if vectors.ndim != 2 or vectors.shape[0] != self.num_items:
+            raise ValueError(
+                f"{directory}/embeddings.npy has shape {vectors.shape}, expected ({self.num_items}, dim); "
+                "delete the directory to rebuild it"
+            )
+        check_finite(vectors, f"{directory}/embeddings.npy")
+        return torch.from_numpy(vectors)
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        meta = read_meta(self.build_artifacts())
+        assert meta is not None
+        return meta
+
+    @property
+    def num_items(self) -> int:
+        """Number of items after filtering (dense ids 0..num_items-1)."""
+        return int(self.meta["stats"]["items"])
+
+    @property
+    def num_users(self) -> int:
+        return int(self.meta["stats"]["users"])
+
+    @property
+    def pad_item(self) -> int:
+        """Id used to pad histories (= num_items, out of range on purpose)."""
+        return self.num_items
+
+    def statistics(self) -> dict[str, Any]:
+        """Raw and filtered figures (the paper's Table 2 and split sizes)."""
+        meta = self.meta
+        return {"dataset": self.reader.name, "raw": meta["raw"], **meta["stats"]}
+
+    # ------------------------------------------------------------------------ Lightning hooks
+    def prepare_data(self) -> None:
+        self.build_artifacts()
+
+    def setup(self, stage: str | None = None) -> None:
+        if self._splits:
+            return
+        directory = self.build_artifacts()
+        frame = pl.read_parquet(directory / "interactions.parquet")
+        seqs = pp.to_sequences(frame, self.num_users)
+        items = torch.from_numpy(seqs.items)
+        offsets = torch.from_numpy(seqs.offsets)
+        for name, split in pp.leave_one_out(seqs).items():
+            if len(split) == 0:
+                raise pp.EmptyDatasetError(f"the {name} split is empty; lower the k-core thresholds")
+            self._splits[name] = SequenceSamples(
+                items,
+                offsets,
+                torch.from_numpy(split.targets),
+                torch.from_numpy(split.users),
+                self.max_history,
+                self.pad_item,
+            )
+
+    def split(self, name: Literal["train", "val", "test"]) -> SequenceSamples:
+        if not self._splits:
+            self.setup()
+        return self._splits[name]
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(
+            self.split("train"),
+            batch_size=self.batch_size,
+            shuffle=True,
+            collate_fn=collate_batch,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def _eval_loader(self, name: Literal["val", "test"]) -> DataLoader:
+        dataset = self.split(name)
+        world, rank = _distributed_world()
+        sampler = UnpaddedDistributedSampler(dataset, world, rank) if world > 1 else None
+        return DataLoader(
+            dataset,
+            batch_size=self.eval_batch_size,
+            sampler=sampler,
+            collate_fn=collate_batch,
+            num_workers=self.num_workers,
+        )
+
+    def val_dataloader(self) -> DataLoader:
+        return self._eval_loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._eval_loader("test")
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._eval_loader("test")
+
+
+def _count(frame: pl.LazyFrame) -> int:
+    return int(frame.select(pl.len()).collect(engine="streaming").item())
+
+
+class MovieLensDataModule(SequenceDataModule):
+    """MovieLens 100K (embedded offline copy by default, or the original files) and 1M."""
+
+    def __init__(
+        self,
+        variant: Literal["100k", "1m"] = "100k",
+        root: str | None = None,
+        download: bool = False,
+        skip_malformed: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        """
+        Args:
+            variant: `100k` or `1m`.
+            root: directory with the raw files (`u.data`/`u.item` or `ratings.dat`/`movies.dat`).
+                None: the embedded MovieLens-100K copy for `100k`, `data/ml-1m` for `1m`.
+            download: fetch the official GroupLens zip into `root` if the files are missing.
+            skip_malformed: drop unparsable lines (and report their count) instead of failing.
+        """
+        self.variant = variant
+        self.root = root
+        self.download = download
+        self.skip_malformed = skip_malformed
+        super().__init__(**kwargs)
+
+    def build_reader(self) -> DatasetReader:
+        if self.variant == "100k":
+            if self.download and self.root is None:
+                raise ValueError("download: true needs a root directory to download MovieLens-100K into")
+            return MovieLens100K(self.root, download=self.download, skip_malformed=self.skip_malformed)
+        return MovieLens1M(
+            self.root or "data/ml-1m", download=self.download, skip_malformed=self.skip_malformed
+        )
+
+
+class AmazonDataModule(SequenceDataModule):
+    """Amazon reviews: 2014 5-core files or 2023 files of one category."""
+
+    def __init__(
+        self,
+        category: str = "Beauty",
+        version: Literal["2014", "2023"] = "2014",
+        root: str | None = None,
+        skip_malformed: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        """
+        Args:
+            category: file-name category, e.g. `Beauty`, `Pet_Supplies` (2014) or
+                `Musical_Instruments`, `Industrial_and_Scientific` (2023).
+            version: `2014` (`reviews_<Cat>_5.json.gz` + `meta_<Cat>.json.gz`) or `2023`
+                (`<Cat>.jsonl.gz` + `meta_<Cat>.jsonl.gz`).
+            root: directory with the raw files (default `data/amazon<version>`).
+            skip_malformed: drop unparsable lines (and report their count) instead of failing.
+        """
+        self.category = category
+        self.version = version
+        self.root = root
+        self.skip_malformed = skip_malformed
+        super().__init__(**kwargs)
+
+    def build_reader(self) -> DatasetReader:
+        root = self.root or f"data/amazon{self.version}"
+        cls = Amazon2014 if self.version == "2014" else Amazon2023
+        return cls(self.category, root=root, skip_malformed=self.skip_malformed)
+
+
+class YelpDataModule(SequenceDataModule):
+    """Yelp Open Dataset (reviews + business metadata; manual download by licence)."""
+
+    def __init__(self, root: str = "data/yelp", skip_malformed: bool = False, **kwargs: Any) -> None:
+        """
+        Args:
+            root: directory with `yelp_academic_dataset_review.json` and `..._business.json`.
+            skip_malformed: drop unparsable lines (and report their count) instead of failing.
+        """
+        self.root = root
+        self.skip_malformed = skip_malformed
+        super().__init__(**kwargs)
+
+    def build_reader(self) -> DatasetReader:
+        return Yelp(self.root, skip_malformed=self.skip_malformed)
+
+
+class ItemEmbeddingDataModule(L.LightningDataModule):
+    """Tokenizer stage: batches of item embeddings of a dataset (train shuffled; val/predict all items)."""
+
+    def __init__(self, data: SequenceDataModule, batch_size: int = 1024, num_workers: int = 0) -> None:
+        """
+        Args:
+            data: the dataset whose items are tokenized (its filtering and encoder settings apply).
+            batch_size: embeddings per batch.
+            num_workers: DataLoader worker processes.
+        """
+        super().__init__()
+        self.data = data
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.prepare_data_per_node = False
+        self._embeddings: torch.Tensor | None = None
+
+    @property
+    def num_items(self) -> int:
+        return self.data.num_items
+
+    @property
+    def embedding_dim(self) -> int:
+        meta = read_meta(self.data.build_embeddings())
+        assert meta is not None
+        return int(meta["dim"])
+
+    @property
+    def embeddings(self) -> torch.Tensor:
+        if self._embeddings is None:
+            self._embeddings = self.data.item_embeddings()
+        return self._embeddings
+
+    def prepare_data(self) -> None:
+        self.data.build_embeddings()
+
+    def setup(self, stage: str | None = None) -> None:
+        _ = self.embeddings
+
+    def _loader(self, shuffle: bool) -> DataLoader:
+        dataset = ItemEmbeddings(self.embeddings)
+        world, rank = _distributed_world()
+        sampler = UnpaddedDistributedSampler(dataset, world, rank) if world > 1 and not shuffle else None
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            sampler=sampler,
+            collate_fn=collate_batch,
+            num_workers=self.num_workers,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader(shuffle=False)

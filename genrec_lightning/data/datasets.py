@@ -1,0 +1,107 @@
+"""Torch datasets over the flat sequence layout, batched with tensor ops.
+
+`SequenceSamples.__getitems__` builds a whole batch with one gather: histories are the
+`max_history` items before each target, left-padded with `pad_item` (= number of items, an
+out-of-range id, so a consumer that forgets the mask fails loudly instead of reading item 0).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+
+import torch
+from torch.utils.data import Dataset, DistributedSampler
+
+
+class SequenceSamples(Dataset):
+    """(history, target) samples of one split.
+
+    A batch is a dict of tensors:
+        history      LongTensor [B, max_history]  item ids, oldest first, left-padded with `pad_item`
+        history_mask BoolTensor [B, max_history]  True at real items
+        target       LongTensor [B]
+        user         LongTensor [B]
+    """
+
+    def __init__(
+        self,
+        items: torch.Tensor,
+        offsets: torch.Tensor,
+        targets: torch.Tensor,
+        users: torch.Tensor,
+        max_history: int,
+        pad_item: int,
+    ) -> None:
+        self.items = items
+        self.starts = offsets[:-1]
+        self.targets = targets
+        self.users = users
+        self.max_history = max_history
+        self.pad_item = pad_item
+        self._window = torch.arange(-max_history, 0, dtype=torch.long)
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def batch(self, index: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The samples at `index` (LongTensor [B]) as one batch."""
+        pos = self.targets[index]
+        user = self.users[index]
+        window = pos[:, None] + self._window  # [B, H]
+        mask = window >= self.starts[user][:, None]
+        history = torch.where(mask, self.items[window.clamp(min=0)], self.pad_item)
+        return {"history": history, "history_mask": mask, "target": self.items[pos], "user": user}
+
+    def __getitems__(self, indices: Sequence[int]) -> dict[str, torch.Tensor]:
+        return self.batch(torch.as_tensor(indices, dtype=torch.long))
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {k: v[0] for k, v in self.batch(torch.tensor([i])).items()}
+
+
+class ItemEmbeddings(Dataset):
+    """Rows of the item-embedding matrix with their item ids (tokenizer stage)."""
+
+    def __init__(self, embeddings: torch.Tensor) -> None:
+        self.embeddings = embeddings
+
+    def __len__(self) -> int:
+        return len(self.embeddings)
+
+    def __getitems__(self, indices: Sequence[int]) -> dict[str, torch.Tensor]:
+        index = torch.as_tensor(indices, dtype=torch.long)
+        return {"embedding": self.embeddings[index], "item": index}
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {"embedding": self.embeddings[i], "item": torch.tensor(i)}
+
+
+def collate_batch(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The datasets above return whole batches from `__getitems__`; nothing is left to collate."""
+    return batch
+
+
+class UnpaddedDistributedSampler(DistributedSampler):
+    """Contiguous, non-overlapping shards for evaluation: every sample is seen exactly once.
+
+    Torch's `DistributedSampler` pads shards to equal length by repeating samples, which biases
+    metrics. Here rank r gets `range(r * ceil(n / R), min(n, (r + 1) * ceil(n / R)))`, so shards
+    may differ in size by up to R samples; metrics that sum numerators and counts across ranks
+    then equal the single-process result. Lightning leaves samplers of this type alone.
+    """
+
+    def __init__(self, dataset: Dataset, num_replicas: int | None = None, rank: int | None = None) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False, drop_last=False)
+        n = len(dataset)  # type: ignore[arg-type]
+        per_rank = math.ceil(n / self.num_replicas)
+        self.start = min(n, self.rank * per_rank)
+        self.stop = min(n, self.start + per_rank)
+        self.num_samples = self.stop - self.start
+        self.total_size = n
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.start, self.stop))
+
+    def __len__(self) -> int:
+        return self.num_samples
