@@ -154,7 +154,7 @@ def main(args: Sequence[str] | None = None) -> None:
     if argv and argv[0] in DATA_COMMANDS:
         data_command(argv[0], argv[1:])
         return
-    GenRecCLI(args=argv)
+    GenRecCLI(args=None if args is None else argv)
 
 
 __all__ = ["GenRecCLI", "format_statistics", "main"]

@@ -226,7 +226,10 @@ class SequenceDataModule(L.LightningDataModule, ABC):
                 return target
             texts = pl.read_parquet(data_dir / "items.parquet", columns=["text"])["text"].to_list()
             log.info("Encoding %d item texts with %s", len(texts), self.encoder.model)
-            vectors = self.encoder.encode(texts)
+            vectors = np.asarray(self.encoder.encode(texts), dtype=np.float32)
+            if vectors.ndim != 2 or len(vectors) != len(texts):
+                raise ValueError(f"encoder returned shape {vectors.shape} for {len(texts)} texts")
+            check_finite(vectors, f"embeddings from {self.encoder.model}")
             with atomic_dir(target) as tmp:
                 np.save(tmp / "embeddings.npy", vectors)
                 meta = {"config": config, "num_items": len(texts), "dim": int(vectors.shape[1])}

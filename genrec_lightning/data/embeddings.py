@@ -104,7 +104,7 @@ class SentenceTransformerEncoder:
         return model
 
     def encode(self, texts: list[str]) -> np.ndarray:
-        """Vectors `[len(texts), dim]` (float32); raises if the model produced NaN or inf."""
+        """Vectors `[len(texts), dim]` (float32); the caller checks them for NaN/inf before caching."""
         model = self._load()
         vectors = model.encode(
             texts,
@@ -112,9 +112,8 @@ class SentenceTransformerEncoder:
             show_progress_bar=self.show_progress,
             convert_to_numpy=True,
             normalize_embeddings=self.normalize,
-        ).astype(np.float32, copy=False)
-        check_finite(vectors, f"embeddings from {self.model}")
-        return vectors
+        )
+        return vectors.astype(np.float32, copy=False)
 
 
 def check_finite(vectors: np.ndarray, what: str) -> None:
