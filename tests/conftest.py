@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+from collections import Counter, defaultdict
 from pathlib import Path
 
 import numpy as np
+import polars as pl
 import pytest
+import torch
 
 from genrec_lightning.data.embeddings import SentenceTransformerEncoder
 
@@ -49,3 +52,49 @@ def hash_encoder() -> HashEncoder:
 def ml100k_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One cache directory for the embedded MovieLens-100K artifacts, shared by the session."""
     return tmp_path_factory.mktemp("ml100k-cache")
+
+
+def python_k_core(rows: list[tuple], k: int) -> list[tuple]:
+    """Reference iterative k-core over (user, item, ...) rows with plain Counters."""
+    while True:
+        users = Counter(r[0] for r in rows)
+        items = Counter(r[1] for r in rows)
+        kept = [r for r in rows if users[r[0]] >= k and items[r[1]] >= k]
+        if len(kept) == len(rows):
+            return kept
+        rows = kept
+
+
+def assert_leave_one_out(dm, reference: dict) -> None:  # noqa: ANN001
+    """Check a prepared datamodule's splits against `reference`: raw user -> raw items in time order.
+
+    test target = last item, validation target = second to last (histories = the `max_history`
+    items before them, padding masked), training targets = positions 1..n-3 of each sequence,
+    so no training sample ever targets a validation or test position.
+    """
+    items = pl.read_parquet(dm.artifact_dir / "items.parquet")
+    users = pl.read_parquet(dm.artifact_dir / "users.parquet")
+    raw_item = dict(zip(items["item"].to_list(), items["item_raw"].to_list(), strict=True))
+    raw_user = dict(zip(users["user"].to_list(), users["user_raw"].to_list(), strict=True))
+    assert set(raw_user.values()) == set(reference)
+    for name, offset in (("test", 1), ("val", 2)):
+        split = dm.split(name)
+        batch = split.batch(torch.arange(len(split)))
+        assert sorted(raw_user[u] for u in batch["user"].tolist()) == sorted(reference)  # one per user
+        for user, target, hist, mask in zip(
+            batch["user"].tolist(),
+            batch["target"].tolist(),
+            batch["history"],
+            batch["history_mask"],
+            strict=True,
+        ):
+            seq = reference[raw_user[user]]
+            assert raw_item[target] == seq[-offset]
+            assert [raw_item[i] for i in hist[mask].tolist()] == seq[:-offset][-dm.max_history :]
+            assert (hist[~mask] == dm.pad_item).all()
+    train = dm.split("train").batch(torch.arange(len(dm.split("train"))))
+    seen: dict = defaultdict(list)
+    for user, target in zip(train["user"].tolist(), train["target"].tolist(), strict=True):
+        seen[raw_user[user]].append(raw_item[target])
+    for user, seq in reference.items():
+        assert seen.get(user, []) == seq[1:-2]

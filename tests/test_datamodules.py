@@ -5,30 +5,19 @@ from __future__ import annotations
 import gzip
 import json
 import logging
-from collections import Counter, defaultdict
+from collections import defaultdict
 from pathlib import Path
 
 import lightning.pytorch as L
 import numpy as np
 import pytest
 import torch
-from conftest import HashEncoder
+from conftest import HashEncoder, assert_leave_one_out, python_k_core
 
 from genrec_lightning.artifacts import META_FILE
 from genrec_lightning.data.datamodules import AmazonDataModule, ItemEmbeddingDataModule, MovieLensDataModule
 from genrec_lightning.data.preprocess import EmptyDatasetError
 from genrec_lightning.data.readers import MovieLens100K
-
-
-def _python_k_core(rows: list[tuple], k: int) -> list[tuple]:
-    """Reference iterative k-core with plain Counters."""
-    while True:
-        users = Counter(r[0] for r in rows)
-        items = Counter(r[1] for r in rows)
-        kept = [r for r in rows if users[r[0]] >= k and items[r[1]] >= k]
-        if len(kept) == len(rows):
-            return kept
-        rows = kept
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +36,7 @@ def ml100k_reference() -> dict[int, list[int]]:
         zip(frame["user"].to_list(), frame["item"].to_list(), frame["timestamp"].to_list(), strict=True)
     )
     indexed = [(u, i, t, n) for n, (u, i, t) in enumerate(dict.fromkeys(rows))]  # dedup keeps first
-    core = _python_k_core(indexed, 5)
+    core = python_k_core(indexed, 5)
     per_user: dict[int, list[tuple[int, int, int]]] = defaultdict(list)
     for u, i, t, n in core:
         per_user[u].append((t, n, i))
@@ -67,33 +56,7 @@ def test_ml100k_statistics_match_independent_count(ml100k: MovieLensDataModule, 
 
 
 def test_ml100k_splits_are_leave_one_out(ml100k: MovieLensDataModule, ml100k_reference) -> None:
-    import polars as pl
-
-    items = pl.read_parquet(ml100k.artifact_dir / "items.parquet")
-    users = pl.read_parquet(ml100k.artifact_dir / "users.parquet")
-    raw_item = dict(zip(items["item"].to_list(), items["item_raw"].to_list(), strict=True))
-    raw_user = dict(zip(users["user"].to_list(), users["user_raw"].to_list(), strict=True))
-    for name, offset in (("test", 1), ("val", 2)):
-        batch = ml100k.split(name).batch(torch.arange(len(ml100k.split(name))))
-        assert len(batch["user"]) == len(ml100k_reference)  # one sample per user
-        for user, target, hist, mask in zip(
-            batch["user"].tolist(),
-            batch["target"].tolist(),
-            batch["history"],
-            batch["history_mask"],
-            strict=True,
-        ):
-            seq = ml100k_reference[raw_user[user]]
-            assert raw_item[target] == seq[-offset]
-            expected = seq[:-offset][-ml100k.max_history :]
-            assert [raw_item[i] for i in hist[mask].tolist()] == expected
-            assert (hist[~mask] == ml100k.pad_item).all()
-    train = ml100k.split("train").batch(torch.arange(len(ml100k.split("train"))))
-    seen: dict[int, list[int]] = defaultdict(list)
-    for user, target in zip(train["user"].tolist(), train["target"].tolist(), strict=True):
-        seen[raw_user[user]].append(raw_item[target])
-    for user, seq in ml100k_reference.items():
-        assert seen[user] == seq[1:-2]  # every prefix of seq[:-2] predicts its next item; never the last two
+    assert_leave_one_out(ml100k, ml100k_reference)
 
 
 def test_cache_is_reused_and_rebuilt_on_config_change(
