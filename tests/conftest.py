@@ -6,6 +6,7 @@ import hashlib
 from collections import Counter, defaultdict
 from pathlib import Path
 
+import lightning.pytorch as L
 import numpy as np
 import polars as pl
 import pytest
@@ -41,6 +42,32 @@ class HashEncoder(SentenceTransformerEncoder):
         )
         out[list(self.nan_rows)] = np.nan
         return out
+
+
+class ProbeModel(L.LightningModule):
+    """Consumes batches as a model would, to check datamodules and the CLI inside a real Trainer loop.
+
+    `num_items`/`pad_item` are filled by the CLI's size links from the datamodule.
+    """
+
+    def __init__(self, num_items: int = 0, pad_item: int = -1, lr: float = 0.1) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.layer = torch.nn.Linear(1, 1)
+        self.seen = 0
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        assert batch["history"].shape == batch["history_mask"].shape
+        assert bool((batch["history"][~batch["history_mask"]] == self.hparams.pad_item).all())
+        loss = self.layer(batch["target"].float()[:, None] / max(self.hparams.num_items, 1)).pow(2).mean()
+        self.log("train/loss", loss)
+        return loss
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self.seen += len(batch["target"])
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=self.hparams.lr)
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from genrec_lightning.cli import main
+from genrec_lightning.cli import GenRecCLI, main
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "configs").rglob("*.yaml"))
@@ -75,3 +75,30 @@ def test_module_entry_point_runs() -> None:
         [sys.executable, "-m", "genrec_lightning", "--version"], capture_output=True, text=True, check=True
     )
     assert out.stdout.startswith("genrec_lightning ")
+
+
+def test_fit_links_sizes_and_logs_to_tensorboard(tmp_path: Path) -> None:
+    """`genrec fit` wires data sizes into the model and writes config.yaml + event files in runs/."""
+    cli = GenRecCLI(
+        args=[
+            "fit",
+            "--config",
+            str(ROOT / "configs/debug.yaml"),
+            "--model",
+            "conftest.ProbeModel",
+            "--data",
+            "MovieLensDataModule",
+            "--data.cache_dir",
+            str(tmp_path / "cache"),
+            "--trainer.logger.init_args.save_dir",
+            str(tmp_path / "runs"),
+            "--trainer.max_steps",
+            "3",
+        ]
+    )
+    assert cli.model.hparams.num_items == cli.datamodule.num_items > 1000
+    assert cli.model.hparams.pad_item == cli.datamodule.num_items
+    assert cli.trainer.global_step == 3
+    run = tmp_path / "runs" / "genrec" / "version_0"
+    assert (run / "config.yaml").is_file()
+    assert list(run.glob("events.out.tfevents.*"))

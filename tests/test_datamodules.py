@@ -12,7 +12,7 @@ import lightning.pytorch as L
 import numpy as np
 import pytest
 import torch
-from conftest import HashEncoder, assert_leave_one_out, python_k_core
+from conftest import HashEncoder, ProbeModel, assert_leave_one_out, python_k_core
 
 from genrec_lightning.artifacts import META_FILE
 from genrec_lightning.data.datamodules import AmazonDataModule, ItemEmbeddingDataModule, MovieLensDataModule
@@ -193,27 +193,8 @@ def test_changed_raw_file_rebuilds(tmp_path: Path) -> None:
     assert AmazonDataModule(**kwargs).build_artifacts() != before
 
 
-class _Probe(L.LightningModule):
-    """Consumes batches as a model would, to check the datamodule inside a real Trainer loop."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.layer = torch.nn.Linear(1, 1)
-        self.seen = 0
-
-    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        assert batch["history"].shape == batch["history_mask"].shape
-        return self.layer(batch["target"].float()[:, None]).mean()
-
-    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        self.seen += len(batch["target"])
-
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.SGD(self.parameters(), lr=0.1)
-
-
 def test_datamodule_in_trainer(ml100k: MovieLensDataModule, tmp_path: Path) -> None:
-    probe = _Probe()
+    probe = ProbeModel(num_items=ml100k.num_items, pad_item=ml100k.pad_item)
     trainer = L.Trainer(
         max_steps=2,
         limit_val_batches=1.0,
