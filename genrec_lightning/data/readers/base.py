@@ -85,6 +85,14 @@ class DatasetReader(ABC):
         }
 
 
+def malformed_line(where: str, problem: str) -> MalformedDataError:
+    """The error for one bad input line: where it is, what is wrong, and the two ways out."""
+    return MalformedDataError(
+        f"{where}: {problem}. Fix or remove the line, or set skip_malformed=true to drop malformed "
+        "lines (their count is reported)."
+    )
+
+
 def require_file(path: str | Path, how_to_get: str) -> Path:
     """Return `path` if it is a file, else raise an error naming it and how to obtain it."""
     p = Path(path).expanduser()
@@ -208,10 +216,7 @@ def read_json_lines(
                         break
         if problem is not None:
             if not skip_malformed:
-                raise MalformedDataError(
-                    f"{path}:{number}: {problem}. Fix or remove the line, or set skip_malformed=true "
-                    "to drop malformed lines (their count is reported)."
-                )
+                raise malformed_line(f"{path}:{number}", problem)
             skipped += 1
             continue
         rows.append(
@@ -262,10 +267,7 @@ def read_delimited(
                     break
         if problem is not None:
             if not skip_malformed:
-                raise MalformedDataError(
-                    f"{path}:{number}: {problem}. Fix or remove the line, or set skip_malformed=true "
-                    "to drop malformed lines (their count is reported)."
-                )
+                raise malformed_line(f"{path}:{number}", problem)
             skipped += 1
             continue
         good.append(fields)

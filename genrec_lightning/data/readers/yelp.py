@@ -14,8 +14,8 @@ import polars as pl
 
 from genrec_lightning.data.readers.base import (
     DatasetReader,
-    MalformedDataError,
     RawDataset,
+    malformed_line,
     numbered_lines,
     read_json_lines,
 )
@@ -129,11 +129,7 @@ class Yelp(DatasetReader):
                 if line is not None
                 else f"{self.reviews_file} (record {row + 1})"
             )
-            raise MalformedDataError(
-                f"{where}: field 'date' is {value!r}, expected 'YYYY-MM-DD HH:MM:SS'. "
-                "Fix or remove the line, or set skip_malformed=true to drop malformed lines "
-                "(their count is reported)."
-            )
+            raise malformed_line(where, f"field 'date' is {value!r}, expected 'YYYY-MM-DD HH:MM:SS'")
         count = int(bad.sum())
         log.warning(
             "%s: skipped %d line(s) with an unparseable date (skip_malformed=true)", self.reviews_file, count
