@@ -22,10 +22,9 @@ from lightning.pytorch import LightningDataModule
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from genrec_lightning import __version__
-from genrec_lightning.data import datamodules as _datamodules  # noqa: F401  (registers --data classes)
-from genrec_lightning.data.datamodules import ItemEmbeddingDataModule, SequenceDataModule
 
-log = logging.getLogger("genrec_lightning")
+# Importing the datamodules also makes their short names (`--data MovieLensDataModule`) resolvable.
+from genrec_lightning.data.datamodules import ItemEmbeddingDataModule, SequenceDataModule
 
 #: Sizes that flow from the datamodule to the model after instantiation (`link_arguments`).
 #: jsonargparse applies a link only when the chosen datamodule has the attribute and the chosen
@@ -45,6 +44,8 @@ class GenRecCLI(LightningCLI):
         kwargs.setdefault("subclass_mode_model", True)
         kwargs.setdefault("subclass_mode_data", True)
         kwargs.setdefault("seed_everything_default", 42)
+        # Modules own their optimiser settings as constructor arguments (e.g. separate learning
+        # rates for tokenizer and T5 in UniGRec), so no generic --optimizer/--lr_scheduler.
         kwargs.setdefault("auto_configure_optimizers", False)
         kwargs.setdefault("parser_kwargs", {"default_env": False})
         super().__init__(args=args, **kwargs)
@@ -69,6 +70,8 @@ def _config_section(args: list[str]) -> list[str]:
     while i < len(args):
         arg = args[i]
         if arg == "--config" or arg.startswith("--config="):
+            if "=" not in arg and i + 1 >= len(args):
+                raise SystemExit("--config needs a YAML file path")
             path = arg.split("=", 1)[1] if "=" in arg else args[i + 1]
             i += 1 if "=" in arg else 2
             with open(path) as f:

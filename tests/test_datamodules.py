@@ -10,6 +10,7 @@ from pathlib import Path
 
 import lightning.pytorch as L
 import numpy as np
+import polars as pl
 import pytest
 import torch
 from conftest import HashEncoder, ProbeModel, assert_leave_one_out, python_k_core
@@ -142,26 +143,25 @@ def _amazon_rows() -> tuple[list[dict], list[dict]]:
     return reviews, meta
 
 
+def _toys(tmp_path: Path, **overrides: object) -> AmazonDataModule:
+    """The Amazon 2023 `Toys` fixture's datamodule with 3-core filtering."""
+    kwargs = dict(
+        category="Toys", version="2023", root=str(tmp_path / "raw"), cache_dir=str(tmp_path / "cache")
+    )
+    kwargs |= dict(min_user_interactions=3, min_item_interactions=3, encoder=HashEncoder())
+    return AmazonDataModule(**(kwargs | overrides))
+
+
 def test_amazon2023_pipeline_with_text_fallback(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     reviews, meta = _amazon_rows()
     _write_amazon2023(tmp_path / "raw", reviews, meta)
-    dm = AmazonDataModule(
-        category="Toys",
-        version="2023",
-        root=str(tmp_path / "raw"),
-        min_user_interactions=3,
-        min_item_interactions=3,
-        cache_dir=str(tmp_path / "cache"),
-        encoder=HashEncoder(),
-    )
+    dm = _toys(tmp_path)
     with caplog.at_level(logging.WARNING):
         dm.prepare_data()
     assert "2 item(s) have no text" in caplog.text
     stats = dm.statistics()
     assert (stats["users"], stats["items"], stats["interactions"]) == (6, 4, 24)
     assert stats["fallback_texts"] == 2
-    import polars as pl
-
     texts = dict(pl.read_parquet(dm.artifact_dir / "items.parquet").select("item_raw", "text").iter_rows())
     assert texts["P0"] == "Title: Red guitar; Store: Acme; Categories: Music, Guitars"
     assert texts["P1"] == "Title: Drum; Description: Loud."
@@ -169,16 +169,7 @@ def test_amazon2023_pipeline_with_text_fallback(tmp_path: Path, caplog: pytest.L
     batch = next(iter(dm.train_dataloader()))
     assert batch["history"].dtype == torch.long and batch["history"].shape[1] == dm.max_history
 
-    strict = AmazonDataModule(
-        category="Toys",
-        version="2023",
-        root=str(tmp_path / "raw"),
-        min_user_interactions=3,
-        min_item_interactions=3,
-        missing_text="error",
-        cache_dir=str(tmp_path / "cache2"),
-        encoder=HashEncoder(),
-    )
+    strict = _toys(tmp_path, missing_text="error", cache_dir=str(tmp_path / "cache2"))
     with pytest.raises(ValueError, match=r"2 item\(s\) have no text .*P2"):
         strict.prepare_data()
 
@@ -186,11 +177,9 @@ def test_amazon2023_pipeline_with_text_fallback(tmp_path: Path, caplog: pytest.L
 def test_changed_raw_file_rebuilds(tmp_path: Path) -> None:
     reviews, meta = _amazon_rows()
     _write_amazon2023(tmp_path / "raw", reviews, meta)
-    kwargs = dict(category="Toys", version="2023", root=str(tmp_path / "raw"), cache_dir=str(tmp_path / "c"))
-    kwargs |= dict(min_user_interactions=3, min_item_interactions=3, encoder=HashEncoder())
-    before = AmazonDataModule(**kwargs).build_artifacts()
+    before = _toys(tmp_path).build_artifacts()
     _write_amazon2023(tmp_path / "raw", reviews[:-1] + [dict(reviews[-1], timestamp=1)], meta)
-    assert AmazonDataModule(**kwargs).build_artifacts() != before
+    assert _toys(tmp_path).build_artifacts() != before
 
 
 def test_datamodule_in_trainer(ml100k: MovieLensDataModule, tmp_path: Path) -> None:

@@ -161,7 +161,7 @@ class SequenceDataModule(L.LightningDataModule, ABC):
             "users": raw.interactions["user"].n_unique(),
             "items": raw.interactions["item"].n_unique(),
         }
-        deduped = pp.deduplicate(raw.interactions.lazy())
+        deduped = pp.deduplicate(raw.interactions.lazy()).collect(engine="streaming")
         core = pp.k_core(deduped, self.min_user_interactions, self.min_item_interactions)
         short = core.filter(pl.len().over("user") < 3)
         if short.height:
@@ -179,7 +179,7 @@ class SequenceDataModule(L.LightningDataModule, ABC):
         splits = pp.leave_one_out(seqs)
         stats |= {f"{name}_samples": len(split) for name, split in splits.items()}
         stats["fallback_texts"] = int(items["text_is_fallback"].sum())
-        meta = {"raw": raw_stats, "deduplicated": int(_count(deduped)), "stats": stats}
+        meta = {"raw": raw_stats, "deduplicated": deduped.height, "stats": stats}
         return {"interactions.parquet": ordered, "items.parquet": items, "users.parquet": users}, meta
 
     def _item_text(self, items: pl.DataFrame, metadata: pl.DataFrame) -> pl.DataFrame:
@@ -248,8 +248,9 @@ class SequenceDataModule(L.LightningDataModule, ABC):
         check_finite(vectors, f"{directory}/embeddings.npy")
         return torch.from_numpy(vectors)
 
-    @property
+    @cached_property
     def meta(self) -> dict[str, Any]:
+        """The artifact's `meta.json` (built first if missing); read once per datamodule."""
         meta = read_meta(self.build_artifacts())
         assert meta is not None
         return meta
@@ -332,10 +333,6 @@ class SequenceDataModule(L.LightningDataModule, ABC):
 
     def predict_dataloader(self) -> DataLoader:
         return self._eval_loader("test")
-
-
-def _count(frame: pl.LazyFrame) -> int:
-    return int(frame.select(pl.len()).collect(engine="streaming").item())
 
 
 class MovieLensDataModule(SequenceDataModule):
