@@ -3,6 +3,7 @@
     genrec fit --config configs/<experiment>.yaml [--trainer.devices 2 --trainer.strategy ddp]
     genrec data-stats --config configs/data/ml100k.yaml      # Table-2 statistics of a dataset
     genrec prepare --config configs/data/ml100k.yaml         # build every data artifact now
+    genrec tokenize --config configs/rqvae.yaml              # build/reuse semantic IDs, print stats
 
 Models and datamodules are chosen by class (`--model X --data Y` or `class_path` in YAML); every
 constructor argument is an option with its docstring in `--help`.
@@ -10,6 +11,8 @@ constructor argument is an option with its docstring in `--help`.
 
 from __future__ import annotations
 
+import contextlib
+import inspect
 import json
 import logging
 import sys
@@ -61,6 +64,36 @@ class GenRecCLI(LightningCLI):
         )
         for source, target in SIZE_LINKS:
             parser.link_arguments(source, target, apply_on="instantiate")
+
+    def _parse_ckpt_path(self) -> None:
+        # LightningCLI would merge the checkpoint's saved hyperparameters *over* the given config,
+        # silently undoing options typed on the command line. Here the config is the truth and
+        # the checkpoint supplies weights; modules check that the two fit in on_load_checkpoint.
+        return
+
+    def after_instantiate_classes(self) -> None:
+        # Lightning records every applied size link in the model's hparams, even a link the model
+        # has no parameter for (jsonargparse then drops it); prune those so `load_from_checkpoint`
+        # can rebuild the module from its checkpoint.
+        model = getattr(self, "model", None)
+        if model is None:
+            return
+        params = inspect.signature(type(model).__init__).parameters
+        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+            return
+        for store in (model._hparams, getattr(model, "_hparams_initial", {})):
+            for key in [k for k in store if k not in params and not k.startswith("_")]:
+                del store[key]
+
+    def before_fit(self) -> None:
+        # A tokenizer run from a config writes its IDs to the data cache entry of that config, the
+        # one a recommender naming the same config looks up (see genrec_lightning.stages).
+        from genrec_lightning.modules.tokenizer import TokenizerModule
+        from genrec_lightning.stages import tokenizer_key
+
+        if isinstance(self.model, TokenizerModule) and isinstance(self.datamodule, ItemEmbeddingDataModule):
+            data = self.datamodule.data
+            self.model.artifact_dir = data.semantic_ids_dir(tokenizer_key(self.config.fit, data))
 
 
 def _config_section(args: list[str]) -> list[str]:
@@ -144,6 +177,43 @@ def data_command(command: str, args: list[str]) -> None:
         )
 
 
+def _config_path(args: list[str]) -> str:
+    for i, arg in enumerate(args):
+        if arg.startswith("--config="):
+            return arg.split("=", 1)[1]
+        if arg == "--config" and i + 1 < len(args):
+            return args[i + 1]
+    raise SystemExit("genrec tokenize needs --config <tokenizer YAML>, e.g. configs/rqvae.yaml")
+
+
+def tokenize_command(args: list[str]) -> None:
+    """`tokenize`: build (or reuse from the cache) a tokenizer config's semantic IDs; print statistics."""
+    from genrec_lightning.modules.tokenizer import format_id_stats
+    from genrec_lightning.semantic_ids import SemanticIds
+    from genrec_lightning.stages import semantic_ids_dir
+
+    parser = _data_parser(
+        "genrec tokenize",
+        "Build the semantic-ID artifact of a tokenizer config (trained/fitted once, then cached) "
+        "and print its statistics: collision rate, codebook usage and entropy, Table-1 filter "
+        "ratios and Figure-1 purity gains.",
+    )
+    parser.add_argument("--force", type=bool, default=False, help="rebuild even if a cached artifact exists")
+    config = _config_path(args)
+    cfg = parser.parse_args(_config_section(args))
+    data = _sequence_data(parser.instantiate_classes(cfg).data)
+    # With --json, stdout is the JSON document only; training output of a build goes to stderr.
+    with contextlib.redirect_stdout(sys.stderr) if cfg.json else contextlib.nullcontext():
+        directory = semantic_ids_dir(config, data, force=cfg.force)
+    ids = SemanticIds.load(directory, expect=data.semantic_ids_expectation())
+    stats = ids.statistics(data.item_frequencies())
+    if cfg.json:
+        print(json.dumps({**stats, "artifact_dir": str(directory)}, indent=2))
+        return
+    print(format_id_stats(stats))
+    print(f"semantic IDs: {directory}")
+
+
 DATA_COMMANDS = ("data-stats", "prepare")
 
 
@@ -156,6 +226,9 @@ def main(args: Sequence[str] | None = None) -> None:
         return
     if argv and argv[0] in DATA_COMMANDS:
         data_command(argv[0], argv[1:])
+        return
+    if argv and argv[0] == "tokenize":
+        tokenize_command(argv[1:])
         return
     GenRecCLI(args=None if args is None else argv)
 

@@ -46,6 +46,7 @@ from genrec_lightning.data.readers import (
     Yelp,
     build_item_text,
 )
+from genrec_lightning.semantic_ids import SemanticIds
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +77,7 @@ class SequenceDataModule(L.LightningDataModule, ABC):
         batch_size: int = 256,
         eval_batch_size: int = 512,
         num_workers: int = 0,
+        tokenizer: str | None = None,
     ) -> None:
         """
         Args:
@@ -91,6 +93,10 @@ class SequenceDataModule(L.LightningDataModule, ABC):
             eval_batch_size: validation/test/predict batch size (per process).
             num_workers: DataLoader worker processes (batches are built by tensor gathers, so 0
                 is usually fastest).
+            tokenizer: where the items' semantic IDs come from: a tokenizer config (e.g.
+                `configs/rqvae.yaml`; its artifact for this dataset is reused from the cache or
+                built on first use) or a semantic-ID artifact directory. None: no IDs (ID-based
+                models such as SASRec).
         """
         super().__init__()
         if min(min_user_interactions, min_item_interactions) < 1 or max_history < 1:
@@ -109,7 +115,10 @@ class SequenceDataModule(L.LightningDataModule, ABC):
         self.text_fields = (
             list(text_fields) if text_fields is not None else list(self.reader.default_text_fields)
         )
+        self.tokenizer = tokenizer
         self._splits: dict[str, SequenceSamples] = {}
+        self._sequences: pp.Sequences | None = None
+        self._semantic_ids: SemanticIds | None = None
 
     @abstractmethod
     def build_reader(self) -> DatasetReader:
@@ -128,10 +137,15 @@ class SequenceDataModule(L.LightningDataModule, ABC):
         }
 
     @cached_property
+    def data_hash(self) -> str:
+        """Hash of the preprocessing config: the identity of this dataset version in the cache."""
+        return config_hash(self.preprocess_config())
+
+    @cached_property
     def artifact_dir(self) -> Path:
         """Directory of the preprocessed artifact for the current configuration."""
         self.reader.check_files()
-        return self.cache_dir / self.reader.name / config_hash(self.preprocess_config())
+        return self.cache_dir / self.reader.name / self.data_hash
 
     def _lock(self) -> FileLock:
         self.cache_dir.mkdir(parents=True, exist_ok=True)
@@ -274,16 +288,54 @@ class SequenceDataModule(L.LightningDataModule, ABC):
         meta = self.meta
         return {"dataset": self.reader.name, "raw": meta["raw"], **meta["stats"]}
 
+    def item_frequencies(self) -> torch.Tensor:
+        """Interactions per item `[num_items]` in the training part (all but each user's last two)."""
+        seqs = self._load_sequences()
+        lengths = np.diff(seqs.offsets)
+        position = np.arange(len(seqs.items)) - np.repeat(seqs.offsets[:-1], lengths)
+        in_train = position < np.repeat(lengths - 2, lengths)
+        counts = np.bincount(seqs.items[in_train], minlength=self.num_items)
+        return torch.from_numpy(counts.astype(np.float64))
+
+    # ------------------------------------------------------------------------- semantic IDs
+    def semantic_ids_dir(self, key: str) -> Path:
+        """Cache entry of the semantic IDs built for this dataset by the tokenizer config `key`."""
+        return self.artifact_dir / "semantic_ids" / key
+
+    def semantic_ids_expectation(self) -> dict[str, Any]:
+        """What a semantic-ID artifact's meta must say to belong to this dataset."""
+        return {"dataset": self.reader.name, "data_hash": self.data_hash, "num_items": self.num_items}
+
+    @property
+    def semantic_ids(self) -> SemanticIds:
+        """The items' semantic IDs named by `tokenizer` (built on first use, then cached)."""
+        if self._semantic_ids is None:
+            if self.tokenizer is None:
+                raise ValueError(
+                    f"{type(self).__name__} has no tokenizer: set `tokenizer` to a tokenizer config "
+                    "(e.g. configs/rqvae.yaml) or a semantic-ID artifact directory"
+                )
+            from genrec_lightning.stages import semantic_ids_for  # the stage runner imports us
+
+            self._semantic_ids = semantic_ids_for(self.tokenizer, self)
+        return self._semantic_ids
+
     # ------------------------------------------------------------------------ Lightning hooks
     def prepare_data(self) -> None:
         self.build_artifacts()
+        if self.tokenizer is not None:
+            _ = self.semantic_ids
+
+    def _load_sequences(self) -> pp.Sequences:
+        if self._sequences is None:
+            frame = pl.read_parquet(self.build_artifacts() / "interactions.parquet")
+            self._sequences = pp.to_sequences(frame, self.num_users)
+        return self._sequences
 
     def setup(self, stage: str | None = None) -> None:
         if self._splits:
             return
-        directory = self.build_artifacts()
-        frame = pl.read_parquet(directory / "interactions.parquet")
-        seqs = pp.to_sequences(frame, self.num_users)
+        seqs = self._load_sequences()
         items = torch.from_numpy(seqs.items)
         offsets = torch.from_numpy(seqs.offsets)
         for name, split in pp.leave_one_out(seqs).items():

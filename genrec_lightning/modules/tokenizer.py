@@ -1,0 +1,307 @@
+"""Tokenizer stage: learn item semantic IDs from item embeddings and write a `SemanticIds` artifact.
+
+    genrec fit --config configs/rqvae.yaml            # RQ-VAE (hard), writes the artifact at fit end
+    genrec fit --config configs/rqvae_soft.yaml       # UniGRec soft quantiser, annealed temperature
+    genrec tokenize --config configs/rqkmeans.yaml    # build (or reuse) the artifact, print statistics
+
+The maths lives in `genrec_lightning.tokenizers`; this module only wires it into Lightning:
+k-means codebook initialisation on the whole item table (global rank 0, then broadcast), the
+training loop, validation over every item (reconstruction error and collision statistics that a
+`ModelCheckpoint` can monitor), and writing the ID table from the selected checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as L
+import torch
+import torch.distributed as dist
+
+from genrec_lightning import __version__
+from genrec_lightning.semantic_ids import DedupMethod, SemanticIds, collision_rate, usage_entropy
+from genrec_lightning.tokenizers import RQVAE, Tokenizer
+
+log = logging.getLogger(__name__)
+
+#: Rows encoded per chunk when the whole item table is tokenised (bounded memory on 100k+ items).
+ENCODE_CHUNK = 16384
+
+
+class TokenizerModule(L.LightningModule):
+    """Trains (or fits) a tokenizer on the item embeddings of an `ItemEmbeddingDataModule`."""
+
+    def __init__(
+        self,
+        embedding_dim: int = 384,
+        tokenizer: Callable[[int], torch.nn.Module] = RQVAE,
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        kmeans_init: bool = True,
+        dedup: DedupMethod = "suffix",
+        dedup_seed: int = 0,
+        use_best_checkpoint: bool = True,
+        output_dir: str | None = None,
+    ) -> None:
+        """
+        Args:
+            embedding_dim: item embedding size (linked from the data; never type it).
+            tokenizer: the tokenizer, built as `tokenizer(embedding_dim)`: `RQVAE` (with a hard,
+                soft or product quantizer) is trained; `RQKMeans` / `PQKMeans` are fitted once
+                with faiss at the start of fit and need no epochs.
+            lr: AdamW learning rate (RQ-VAE; TIGER/UniGRec use 1e-3).
+            weight_decay: AdamW weight decay.
+            kmeans_init: initialise the codebooks by k-means on the encoder outputs of *all*
+                items, level by level on the residuals, before the first step.
+            dedup: how items sharing an ID are told apart in the artifact: `suffix` (extra level
+                numbering them, TIGER/UniGRec), `reassign_last` (move them to a free last-level
+                code), `none` (keep collisions).
+            dedup_seed: seed of the random free-code choice of `reassign_last`.
+            use_best_checkpoint: write the IDs from the best checkpoint of the trainer's
+                `ModelCheckpoint` (its `monitor`, e.g. `val/collision_rate` or `val/recon_loss`)
+                instead of the last weights.
+            output_dir: also write the artifact here (it always goes to the data cache when run
+                from a config, otherwise to the run's log directory).
+        """
+        super().__init__()
+        self.save_hyperparameters(ignore=["tokenizer"])
+        self.tokenizer = tokenizer(embedding_dim)
+        if not isinstance(self.tokenizer, Tokenizer):
+            raise TypeError(
+                f"{type(self.tokenizer).__name__} is not a tokenizer: it needs num_levels, codebook_size, "
+                "trainable and encode() (see genrec_lightning.tokenizers.Tokenizer)"
+            )
+        if self.tokenizer.trainable and not any(True for _ in self.tokenizer.parameters()):
+            raise ValueError(f"{type(self.tokenizer).__name__} is trainable but has no parameters")
+        self.register_buffer("initialized", torch.tensor(False))
+        #: Where the artifact goes; set by the CLI / auto-build to the data cache entry of this config.
+        self.artifact_dir: Path | None = None
+        self.artifact_meta: dict[str, Any] = {}
+        self._val_codes: torch.Tensor | None = None
+        self._val_error: torch.Tensor | None = None
+
+    # ------------------------------------------------------------------------------ helpers
+    @property
+    def codebook_sizes(self) -> list[int]:
+        return [int(self.tokenizer.codebook_size)] * int(self.tokenizer.num_levels)
+
+    @property
+    def temperature(self) -> float:
+        """Soft-quantiser temperature (for `TemperatureAnnealing`); AttributeError for hard ones."""
+        return self.tokenizer.temperature  # type: ignore[attr-defined]
+
+    @temperature.setter
+    def temperature(self, value: float) -> None:
+        self.tokenizer.temperature = value  # type: ignore[attr-defined]
+
+    def _item_table(self) -> torch.Tensor:
+        embeddings = getattr(self.trainer.datamodule, "embeddings", None)
+        if embeddings is None:
+            raise TypeError(
+                "TokenizerModule needs a datamodule with an `embeddings` table "
+                "(genrec_lightning.data.datamodules.ItemEmbeddingDataModule)"
+            )
+        if embeddings.ndim != 2 or embeddings.shape[1] != self.hparams.embedding_dim:
+            raise ValueError(
+                f"the data gives {tuple(embeddings.shape)} item embeddings but the tokenizer expects "
+                f"{self.hparams.embedding_dim}-d inputs; leave model.init_args.embedding_dim to the "
+                "link from the data (or use a checkpoint trained on this encoder)"
+            )
+        return embeddings
+
+    @torch.no_grad()
+    def item_codes(self) -> torch.Tensor:
+        """Hard IDs `[N, L]` of every item (before dedup), in eval mode; the same on every rank."""
+        table = self._item_table()
+        was_training = self.training
+        self.eval()
+        try:
+            chunks = [
+                self.tokenizer.encode(table[i : i + ENCODE_CHUNK].to(self.device))
+                for i in range(0, len(table), ENCODE_CHUNK)
+            ]
+        finally:
+            self.train(was_training)
+        return torch.cat(chunks)
+
+    def _broadcast_from_rank0(self) -> None:
+        """Give every rank rank 0's tokenizer state (k-means ran there only)."""
+        if dist.is_available() and dist.is_initialized() and self.trainer.world_size > 1:
+            for tensor in [*self.tokenizer.parameters(), *self.tokenizer.buffers()]:
+                dist.broadcast(tensor.data, src=0)
+
+    # ------------------------------------------------------------------------- Lightning hooks
+    def setup(self, stage: str) -> None:
+        table = self._item_table()
+        capacity = math.prod(self.codebook_sizes)
+        if self.hparams.dedup == "reassign_last" and len(table) > capacity:
+            raise ValueError(
+                f"{len(table)} items cannot get distinct IDs from {self.codebook_sizes} codebooks "
+                f"({capacity} IDs) with dedup=reassign_last; use dedup: suffix or larger codebooks"
+            )
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        own = self.state_dict()
+        mismatched = [
+            f"{name}: checkpoint {tuple(value.shape)} vs model {tuple(own[name].shape)}"
+            for name, value in checkpoint.get("state_dict", {}).items()
+            if name in own and own[name].shape != value.shape
+        ]
+        if mismatched:
+            trained_dim = checkpoint.get("hyper_parameters", {}).get("embedding_dim")
+            raise ValueError(
+                f"the checkpoint does not fit this tokenizer (trained on {trained_dim}-d embeddings, "
+                f"the data gives {self.hparams.embedding_dim}-d): " + "; ".join(mismatched[:3])
+                + ". Use the dataset, text encoder and tokenizer config the checkpoint was trained with."
+            )  # fmt: skip
+
+    def on_fit_start(self) -> None:
+        table = self._item_table()
+        if not self.tokenizer.trainable:
+            if self.global_rank == 0:
+                log.info("Fitting %s on %d items", type(self.tokenizer).__name__, len(table))
+                self.tokenizer.fit(table.to(self.device))
+            self._broadcast_from_rank0()
+            self.trainer.should_stop = True  # nothing to train: go straight to on_fit_end
+            return
+        if self.hparams.kmeans_init and not bool(self.initialized):
+            if self.global_rank == 0:
+                log.info("k-means initialisation of the codebooks on all %d items", len(table))
+                self.tokenizer.init_codebooks(table.to(self.device))
+            self._broadcast_from_rank0()
+            self.initialized.fill_(True)
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        if not self.tokenizer.trainable:
+            raise RuntimeError(f"{type(self.tokenizer).__name__} is fitted in on_fit_start, not trained")
+        out = self.tokenizer(batch["embedding"])
+        self.log("train/loss", out.loss, prog_bar=True)
+        self.log("train/recon_loss", out.recon_loss)
+        self.log("train/quant_loss", out.quant_loss)
+        for name, value in out.terms.items():
+            self.log(f"train/{name}", value)
+        return out.loss
+
+    def on_validation_epoch_start(self) -> None:
+        n, levels = len(self._item_table()), int(self.tokenizer.num_levels)
+        self._val_codes = torch.full((n, levels), -1, dtype=torch.long, device=self.device)
+        self._val_error = torch.zeros(n, device=self.device)
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        assert self._val_codes is not None and self._val_error is not None
+        z, items = batch["embedding"], batch["item"]
+        self._val_codes[items] = self.tokenizer.encode(z)
+        if self.tokenizer.trainable:
+            recon = self.tokenizer(z).recon
+            self._val_error[items] = (recon - z).pow(2).mean(dim=1)
+
+    def on_validation_epoch_end(self) -> None:
+        codes, error = self._val_codes, self._val_error
+        assert codes is not None and error is not None
+        if dist.is_available() and dist.is_initialized() and self.trainer.world_size > 1:
+            # Each item is filled by (at least) one rank with identical values, so MAX merges the
+            # shards exactly, even when a sampler repeats items to even out the shards.
+            dist.all_reduce(codes, op=dist.ReduceOp.MAX)
+            dist.all_reduce(error, op=dist.ReduceOp.MAX)
+        seen = codes[:, 0] >= 0
+        if not bool(seen.all()):  # a partial pass (limit_val_batches): judge the items seen
+            codes, error = codes[seen], error[seen]
+        if self.tokenizer.trainable:
+            self.log("val/recon_loss", error.mean(), prog_bar=True)
+        self.log("val/collision_rate", collision_rate(codes), prog_bar=True)
+        usage, entropy = usage_entropy(codes, self.codebook_sizes)
+        for level, (used, ent) in enumerate(zip(usage, entropy, strict=True)):
+            self.log(f"val/usage_l{level}", used)
+            self.log(f"val/entropy_l{level}", ent)
+
+    def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
+        return {"item": batch["item"], "codes": self.tokenizer.encode(batch["embedding"])}
+
+    def on_predict_end(self) -> None:
+        self.write_semantic_ids()
+
+    def on_fit_end(self) -> None:
+        callback = self.trainer.checkpoint_callback
+        best = getattr(callback, "best_model_path", "") if callback is not None else ""
+        if self.tokenizer.trainable and self.hparams.use_best_checkpoint and best:
+            log.info("Writing semantic IDs from the best checkpoint %s", best)
+            state = torch.load(best, map_location=self.device, weights_only=True)["state_dict"]
+            self.load_state_dict(state)
+            self.artifact_meta["checkpoint"] = str(best)
+        self.write_semantic_ids()
+
+    def configure_optimizers(self) -> torch.optim.Optimizer | None:
+        if not self.tokenizer.trainable:
+            return None
+        return torch.optim.AdamW(
+            self.tokenizer.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay
+        )
+
+    # ---------------------------------------------------------------------------- artifact
+    def semantic_ids(self) -> SemanticIds:
+        """The deduplicated ID table of the current weights, with its provenance in `meta`."""
+        data = getattr(self.trainer.datamodule, "data", None)
+        meta: dict[str, Any] = {"genrec_lightning": __version__, "tokenizer": type(self.tokenizer).__name__}
+        if data is not None:
+            meta.update(data.semantic_ids_expectation())
+            meta["embeddings_hash"] = data.embedding_dir().name
+        meta.update(self.artifact_meta)
+        return SemanticIds.from_codes(
+            self.item_codes().cpu(),
+            self.codebook_sizes,
+            dedup=self.hparams.dedup,
+            seed=self.hparams.dedup_seed,
+            meta=meta,
+        )
+
+    def write_semantic_ids(self) -> Path | None:
+        """Write the artifact (global rank 0; the others wait); return its directory."""
+        targets = [self.artifact_dir] if self.artifact_dir is not None else []
+        if self.hparams.output_dir:
+            targets.append(Path(self.hparams.output_dir))
+        if not targets:
+            root = self.trainer.log_dir or self.trainer.default_root_dir
+            targets.append(Path(root) / "semantic_ids")
+        ids = self.semantic_ids() if self.global_rank == 0 else None
+        if ids is not None:
+            data = getattr(self.trainer.datamodule, "data", None)
+            frequencies = data.item_frequencies() if data is not None else None
+            stats = ids.statistics(frequencies)
+            for target in targets:
+                ids.save(target, meta={"statistics": stats})
+            log.info("Semantic IDs written to %s\n%s", ", ".join(map(str, targets)), format_id_stats(stats))
+            if self.logger is not None:
+                flat = {
+                    "ids/collision_rate": stats["collision_rate"],
+                    "ids/unique_ratio": stats["unique_ratio"],
+                }
+                for level, ratio in enumerate(stats["filter_ratio"]):
+                    flat[f"ids/filter_ratio_l{level}"] = ratio
+                    flat[f"ids/entropy_l{level}"] = stats["entropy"][level]
+                    flat[f"ids/purity_gain_l{level}"] = stats["purity_gain"][level]
+                self.logger.log_metrics(flat, step=self.global_step)
+        self.trainer.strategy.barrier("write_semantic_ids")
+        return targets[0]
+
+
+def format_id_stats(stats: dict[str, Any]) -> str:
+    """Readable per-level table of `SemanticIds.statistics()` (usage, entropy, Table 1, Figure 1)."""
+    lines = [
+        f"items {stats['num_items']:,}  levels {stats['num_levels']} {stats['codebook_sizes']}  "
+        f"dedup {stats['dedup']}",
+        f"collision rate before dedup {stats['collision_rate']:.4f}  "
+        f"({stats['colliding_items']:,} items, largest group {stats['max_group_size']})  "
+        f"unique after dedup {stats['unique_ratio']:.4f}",
+        f"{'level':>5}  {'usage':>7}  {'entropy':>8}  {'norm.ent':>8}  {'filtered':>8}  {'purity+':>8}",
+    ]
+    for level in range(stats["num_levels"]):
+        lines.append(
+            f"{level + 1:>5}  {stats['usage'][level]:>7.2%}  {stats['entropy'][level]:>8.3f}  "
+            f"{stats['normalized_entropy'][level]:>8.3f}  {stats['filter_ratio'][level]:>8.2%}  "
+            f"{stats['purity_gain'][level]:>8.3f}"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,328 @@
+"""Trainable quantizers used inside the RQ-VAE: hard residual (TIGER), soft residual (UniGRec), product.
+
+Every quantizer maps latents x [B, dim] to a `QuantizerOutput`. The first constructor argument is the
+latent dim, so the RQ-VAE can build any of them as `quantizer(latent_dim)` from a class or a
+jsonargparse partial.
+
+Loss reduction: the codebook/commitment terms use `F.mse_loss` with its default mean over elements,
+per level, summed over levels. That is the reduction of the TIGER and UniGRec reference
+implementations, so the papers' beta = 0.25 and lambda_CU = 1e-4 keep their meaning relative to the
+(also element-mean) reconstruction loss.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from genrec_lightning.tokenizers.kmeans import (
+    product_assign,
+    product_kmeans,
+    residual_assign,
+    residual_kmeans,
+    split_segments,
+    squared_distances,
+)
+
+
+@dataclass
+class QuantizerOutput:
+    """What a quantizer hands back for a batch of B latents with L levels of K codes."""
+
+    quantized: Tensor
+    """[B, dim] input of the decoder (straight-through for hard quantizers)."""
+    codes: Tensor
+    """[B, L] long: nearest (hard) or most probable (soft) code per level."""
+    loss: Tensor
+    """Scalar, already weighted: codebook + beta * commitment (hard), lambda_CU * L_CU (soft)."""
+    probs: Tensor | None = None
+    """[B, L, K] assignment probabilities (soft only)."""
+    log_probs: Tensor | None = None
+    """[B, L, K] their logarithms from log_softmax (soft only): finite even where probs underflow to 0."""
+    terms: dict[str, Tensor] = field(default_factory=dict)
+    """Unweighted loss components for logging, e.g. "codebook", "commitment", "uniformity"."""
+
+
+def uniformity_loss(probs: Tensor) -> Tensor:
+    """Codeword-uniformity loss L_CU (UniGRec eq. 17) of assignment probabilities [B, L, K].
+
+    sum_l sum_k p̄_l(k) log p̄_l(k) with p̄ the batch mean: the negative entropy of the average code
+    usage, minimal (= -L log K) when every code is used equally. p̄ = 0 contributes 0 with a finite
+    gradient (log is taken of p̄ clamped to the smallest normal number; xlogy's gradient is NaN there).
+    """
+    mean = probs.mean(dim=0)
+    return (mean * mean.clamp_min(torch.finfo(mean.dtype).tiny).log()).sum()
+
+
+class Quantizer(nn.Module):
+    """Base class: L codebooks of K codes stored as one parameter `codebooks` [L, K, d_l].
+
+    `encode` returns hard IDs (no grad); `init_codebooks` runs k-means on the full set of latents.
+    The `initialized` buffer records that k-means init happened, so a resumed run does not repeat it.
+    """
+
+    def __init__(
+        self, dim: int, num_levels: int, codebook_size: int, code_dim: int, kmeans_iters: int, seed: int
+    ) -> None:
+        super().__init__()
+        if dim < 1 or num_levels < 1 or codebook_size < 1:
+            raise ValueError(
+                f"dim, num_levels and codebook_size must be >= 1, got {dim}, {num_levels}, {codebook_size}"
+            )
+        self.dim = dim
+        self.num_levels = num_levels
+        self.codebook_size = codebook_size
+        self.kmeans_iters = kmeans_iters
+        self.seed = seed
+        # nn.Embedding-style init; replaced by k-means in init_codebooks before real training.
+        bound = 1.0 / codebook_size
+        self.codebooks = nn.Parameter(
+            torch.empty(num_levels, codebook_size, code_dim).uniform_(-bound, bound)
+        )
+        self.register_buffer("initialized", torch.tensor(False))
+
+    def _check_input(self, x: Tensor) -> None:
+        if x.ndim != 2 or x.shape[1] != self.dim:
+            raise ValueError(
+                f"{type(self).__name__} expects [B, {self.dim}] latents, got shape {tuple(x.shape)}"
+            )
+
+    def forward(self, x: Tensor) -> QuantizerOutput:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def encode(self, x: Tensor) -> Tensor:
+        """Hard codes [B, L] (long) of latents x [B, dim]."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def init_codebooks(self, x: Tensor) -> None:
+        """k-means initialisation from latents x [N, dim] of *all* items."""
+        raise NotImplementedError
+
+
+class _ResidualCodebooks(Quantizer):
+    """Hard-ID readout and k-means init shared by the hard and the soft residual quantizer."""
+
+    @torch.no_grad()
+    def encode(self, x: Tensor) -> Tensor:
+        """Hard codes [B, L]: nearest code of the hard residual at each level (eqs. 3-4).
+
+        For the soft quantizer this is how the discrete identifiers are read out at inference.
+        """
+        self._check_input(x)
+        return residual_assign(x, self.codebooks)
+
+    @torch.no_grad()
+    def init_codebooks(self, x: Tensor) -> None:
+        """Level-by-level k-means on the hard residuals of all N latents x [N, dim]."""
+        self._check_input(x)
+        books = residual_kmeans(
+            x, self.num_levels, self.codebook_size, niter=self.kmeans_iters, seed=self.seed
+        )
+        self.codebooks.copy_(books)
+        self.initialized.fill_(True)
+
+
+class ResidualQuantizer(_ResidualCodebooks):
+    """Hard residual quantisation (RQ-VAE of TIGER; UniGRec eqs. 3-5, 7).
+
+    Level l picks c_l = argmin_k |v_l - e_l^k|^2 and passes v_{l+1} = v_l - sg(e_l^{c_l}) on, so each
+    codebook is trained only by its own codebook term while the encoder gets every commitment term.
+    The decoder sees sum_l e_l^{c_l} with a straight-through gradient to x.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_levels: int = 3,
+        codebook_size: int = 256,
+        beta: float = 0.25,
+        kmeans_iters: int = 25,
+        seed: int = 0,
+    ) -> None:
+        """
+        Args:
+            dim: latent dim (given by the RQ-VAE).
+            num_levels: number of codebooks L, i.e. tokens per item.
+            codebook_size: codes per codebook K.
+            beta: commitment weight (0.25 in TIGER/UniGRec).
+            kmeans_iters: k-means iterations of the codebook initialisation.
+            seed: k-means seed (level l uses seed + l).
+        """
+        super().__init__(dim, num_levels, codebook_size, dim, kmeans_iters, seed)
+        self.beta = beta
+
+    def forward(self, x: Tensor) -> QuantizerOutput:
+        """x [B, dim] -> quantized [B, dim], codes [B, L], loss = codebook + beta * commitment."""
+        self._check_input(x)
+        residual = x
+        total = torch.zeros_like(x)
+        codes, codebook, commitment = [], x.new_zeros(()), x.new_zeros(())
+        for book in self.codebooks:
+            with torch.no_grad():
+                level_codes = squared_distances(residual, book).argmin(dim=1)
+            chosen = book[level_codes]  # [B, dim]
+            codebook = codebook + F.mse_loss(chosen, residual.detach())
+            commitment = commitment + F.mse_loss(residual, chosen.detach())
+            residual = residual - chosen.detach()
+            total = total + chosen.detach()
+            codes.append(level_codes)
+        quantized = x + (total - x).detach()
+        return QuantizerOutput(
+            quantized=quantized,
+            codes=torch.stack(codes, dim=1),
+            loss=codebook + self.beta * commitment,
+            terms={"codebook": codebook, "commitment": commitment},
+        )
+
+
+class SoftResidualQuantizer(_ResidualCodebooks):
+    """Soft residual quantisation of UniGRec (eq. 14): fully differentiable soft identifiers.
+
+    p_l = softmax_k(-|r_{l-1} - e_l^k|^2 / tau), q_l = p_l @ E_l, r_l = r_{l-1} - q_l, quantized =
+    sum_l q_l. As tau -> 0 this becomes hard residual quantisation; `encode` gives those hard IDs.
+    The loss is lambda_CU * L_CU (codeword uniformity); no commitment term is needed because the
+    reconstruction gradient reaches the codebooks directly.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_levels: int = 3,
+        codebook_size: int = 256,
+        temperature: float = 0.01,
+        uniformity_weight: float = 1e-4,
+        kmeans_iters: int = 25,
+        seed: int = 0,
+    ) -> None:
+        """
+        Args:
+            dim: latent dim (given by the RQ-VAE).
+            num_levels: number of codebooks L, i.e. tokens per item.
+            codebook_size: codes per codebook K.
+            temperature: softmax temperature tau (annealed by a callback, e.g. 0.01 -> 0.001).
+            uniformity_weight: lambda_CU, weight of the codeword-uniformity loss (1e-4 in UniGRec).
+            kmeans_iters: k-means iterations of the codebook initialisation.
+            seed: k-means seed (level l uses seed + l).
+        """
+        super().__init__(dim, num_levels, codebook_size, dim, kmeans_iters, seed)
+        if uniformity_weight < 0:
+            raise ValueError(f"uniformity_weight must be >= 0, got {uniformity_weight}")
+        self.temperature = temperature
+        self.uniformity_weight = uniformity_weight
+
+    @property
+    def temperature(self) -> float:
+        """Softmax temperature tau (> 0); a plain float so a callback can overwrite it every step."""
+        return self._temperature
+
+    @temperature.setter
+    def temperature(self, value: float) -> None:
+        value = float(value)
+        if not (value > 0 and math.isfinite(value)):
+            raise ValueError(f"temperature must be a finite number > 0, got {value}")
+        self._temperature = value
+
+    def forward(self, x: Tensor) -> QuantizerOutput:
+        """x [B, dim] -> quantized [B, dim], codes [B, L] (argmax), probs/log_probs [B, L, K]."""
+        self._check_input(x)
+        residual = x
+        total = torch.zeros_like(x)
+        log_probs, probs = [], []
+        for book in self.codebooks:
+            # log_softmax of the scaled negative distances stays finite at tau = 1e-3 (float32 distances)
+            level_log_probs = F.log_softmax(-squared_distances(residual, book) / self.temperature, dim=-1)
+            level_probs = level_log_probs.exp()
+            soft = level_probs.to(book.dtype) @ book  # [B, dim]
+            residual = residual - soft
+            total = total + soft
+            log_probs.append(level_log_probs)
+            probs.append(level_probs)
+        log_p, p = torch.stack(log_probs, dim=1), torch.stack(probs, dim=1)  # [B, L, K]
+        uniformity = uniformity_loss(p)
+        return QuantizerOutput(
+            quantized=total,
+            codes=log_p.argmax(dim=-1),
+            loss=self.uniformity_weight * uniformity,
+            probs=p,
+            log_probs=log_p,
+            terms={"uniformity": uniformity},
+        )
+
+
+class ProductQuantizer(Quantizer):
+    """Hard product quantisation inside the VAE: L equal latent segments, one codebook each.
+
+    Same codebook + beta * commitment loss as `ResidualQuantizer`, per segment; the decoder sees the
+    concatenated codewords with a straight-through gradient.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_levels: int = 4,
+        codebook_size: int = 256,
+        beta: float = 0.25,
+        kmeans_iters: int = 25,
+        seed: int = 0,
+    ) -> None:
+        """
+        Args:
+            dim: latent dim (given by the RQ-VAE); must be divisible by num_levels.
+            num_levels: number of segments L, i.e. tokens per item.
+            codebook_size: codes per segment codebook K.
+            beta: commitment weight.
+            kmeans_iters: k-means iterations of the codebook initialisation.
+            seed: k-means seed (segment l uses seed + l).
+        """
+        if num_levels < 1 or dim % num_levels:
+            suggestion = max(num_levels, 1) * -(-dim // max(num_levels, 1))
+            raise ValueError(
+                f"ProductQuantizer splits the {dim}-d latent into num_levels={num_levels} equal segments; "
+                f"choose a latent_dim divisible by num_levels (e.g. {suggestion})"
+            )
+        super().__init__(dim, num_levels, codebook_size, dim // num_levels, kmeans_iters, seed)
+        self.beta = beta
+
+    def forward(self, x: Tensor) -> QuantizerOutput:
+        """x [B, dim] -> quantized [B, dim] (concatenated segment codewords), codes [B, L]."""
+        self._check_input(x)
+        segments = split_segments(x, self.num_levels)  # [B, L, dim / L]
+        codes, chosen_all, codebook, commitment = [], [], x.new_zeros(()), x.new_zeros(())
+        for level, book in enumerate(self.codebooks):
+            segment = segments[:, level]
+            with torch.no_grad():
+                level_codes = squared_distances(segment, book).argmin(dim=1)
+            chosen = book[level_codes]
+            codebook = codebook + F.mse_loss(chosen, segment.detach())
+            commitment = commitment + F.mse_loss(segment, chosen.detach())
+            codes.append(level_codes)
+            chosen_all.append(chosen.detach())
+        quantized = x + (torch.cat(chosen_all, dim=1) - x).detach()
+        return QuantizerOutput(
+            quantized=quantized,
+            codes=torch.stack(codes, dim=1),
+            loss=codebook + self.beta * commitment,
+            terms={"codebook": codebook, "commitment": commitment},
+        )
+
+    @torch.no_grad()
+    def encode(self, x: Tensor) -> Tensor:
+        """Hard codes [B, L]: nearest code of each segment."""
+        self._check_input(x)
+        return product_assign(x, self.codebooks)
+
+    @torch.no_grad()
+    def init_codebooks(self, x: Tensor) -> None:
+        """Per-segment k-means on all N latents x [N, dim]."""
+        self._check_input(x)
+        books = product_kmeans(
+            x, self.num_levels, self.codebook_size, niter=self.kmeans_iters, seed=self.seed
+        )
+        self.codebooks.copy_(books)
+        self.initialized.fill_(True)
