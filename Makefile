@@ -26,6 +26,7 @@ install: $(STAMP)
 
 demo: install
 	$(VENV)/bin/genrec prepare --config configs/data/ml100k.yaml
+	$(VENV)/bin/genrec tokenize --config configs/rqvae.yaml
 
 test: install
 	$(VENV)/bin/ruff check genrec_lightning tests benchmarks

@@ -443,6 +443,23 @@ def test_rqvae_training_lowers_loss(quantizer):
     assert after < 0.5 * before
 
 
+def test_rqvae_standardizes_with_all_item_statistics():
+    z = clustered(num_clusters=4, per_cluster=30, dim=12) * 0.01 + 5.0
+    model = RQVAE(12, hidden_dims=[16], latent_dim=4, quantizer=lambda d: ResidualQuantizer(d, 2, 4))
+    model.fit_normalization(z)
+    torch.testing.assert_close(model.input_mean, z.mean(0))
+    torch.testing.assert_close(model.input_std, z.std(0))
+    target = (z - z.mean(0)) / z.std(0)
+    out = model(z)
+    torch.testing.assert_close(out.recon_loss, F.mse_loss(out.recon, target))
+    torch.testing.assert_close(out.recon_error, ((out.recon - target) ** 2).mean(1))
+    torch.testing.assert_close(model.latent(z), model.encoder(target))
+    raw = RQVAE(12, hidden_dims=[16], latent_dim=4, standardize=False)
+    torch.testing.assert_close(raw(z).recon_loss, F.mse_loss(raw(z).recon, z))
+    with pytest.raises(ValueError, match="NaN"):
+        model.fit_normalization(torch.full((3, 12), float("nan")))
+
+
 def test_tokenizer_protocol():
     for tokenizer in (RQVAE(8, hidden_dims=[4], latent_dim=4), RQKMeans(8), PQKMeans(8)):
         assert isinstance(tokenizer, Tokenizer)

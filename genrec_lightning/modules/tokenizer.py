@@ -137,6 +137,12 @@ class TokenizerModule(L.LightningModule):
     # ------------------------------------------------------------------------- Lightning hooks
     def setup(self, stage: str) -> None:
         table = self._item_table()
+        if stage == "fit" and not self.tokenizer.trainable and self.trainer.world_size > 1:
+            raise RuntimeError(
+                f"{type(self.tokenizer).__name__} has no training loop and is fitted in one process "
+                "(seconds with faiss); run it without --trainer.strategy ddp / devices > 1, "
+                "e.g. `genrec tokenize --config <yaml>`"
+            )
         capacity = math.prod(self.codebook_sizes)
         if self.hparams.dedup == "reassign_last" and len(table) > capacity:
             raise ValueError(
@@ -168,10 +174,14 @@ class TokenizerModule(L.LightningModule):
             self._broadcast_from_rank0()
             self.trainer.should_stop = True  # nothing to train: go straight to on_fit_end
             return
-        if self.hparams.kmeans_init and not bool(self.initialized):
+        if not bool(self.initialized):  # a fresh run (a resumed one has its state in the checkpoint)
             if self.global_rank == 0:
-                log.info("k-means initialisation of the codebooks on all %d items", len(table))
-                self.tokenizer.init_codebooks(table.to(self.device))
+                items = table.to(self.device)
+                if hasattr(self.tokenizer, "fit_normalization"):
+                    self.tokenizer.fit_normalization(items)
+                if self.hparams.kmeans_init:
+                    log.info("k-means initialisation of the codebooks on all %d items", len(table))
+                    self.tokenizer.init_codebooks(items)
             self._broadcast_from_rank0()
             self.initialized.fill_(True)
 
@@ -196,8 +206,7 @@ class TokenizerModule(L.LightningModule):
         z, items = batch["embedding"], batch["item"]
         self._val_codes[items] = self.tokenizer.encode(z)
         if self.tokenizer.trainable:
-            recon = self.tokenizer(z).recon
-            self._val_error[items] = (recon - z).pow(2).mean(dim=1)
+            self._val_error[items] = self.tokenizer(z).recon_error
 
     def on_validation_epoch_end(self) -> None:
         codes, error = self._val_codes, self._val_error

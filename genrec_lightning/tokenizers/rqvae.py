@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from genrec_lightning.tokenizers.kmeans import DEFAULT_CHUNK_SIZE
@@ -56,7 +55,9 @@ class RQVAEOutput:
     loss: Tensor
     """Scalar total: recon_loss + quant_loss."""
     recon_loss: Tensor
-    """Scalar F.mse_loss(recon, z) (element mean)."""
+    """Scalar F.mse_loss(recon, z) (element mean, on standardised z when `standardize`)."""
+    recon_error: Tensor
+    """[B] per-item mean squared error (recon_loss is its mean), for whole-table validation."""
     quant_loss: Tensor
     """Scalar, the quantizer's own weighted loss."""
     probs: Tensor | None = None
@@ -84,6 +85,7 @@ class RQVAE(nn.Module):
         latent_dim: int = 32,
         quantizer: Callable[[int], Quantizer] = ResidualQuantizer,
         dropout: float = 0.0,
+        standardize: bool = True,
         chunk_size: int = DEFAULT_CHUNK_SIZE,
     ) -> None:
         """
@@ -95,6 +97,11 @@ class RQVAE(nn.Module):
             quantizer: builds the quantizer from the latent dim: a Quantizer class or a partial, e.g.
                 `{class_path: genrec_lightning.tokenizers.SoftResidualQuantizer, init_args: {...}}`.
             dropout: dropout on the hidden activations of encoder and decoder.
+            standardize: feed (z - mean) / std per dimension, with mean/std of all items taken before
+                training (`fit_normalization`), and reconstruct that. Unit-norm sentence embeddings
+                vary by ~0.04 per dimension, so without it the default-initialised encoder maps
+                every item to nearly the same latent, the reconstruction of the mean embedding is
+                already near-optimal and all items collapse onto one ID.
             chunk_size: rows per forward pass when encoding a whole item table.
         """
         super().__init__()
@@ -106,6 +113,9 @@ class RQVAE(nn.Module):
             )
         self._input_dim = input_dim
         self.latent_dim = latent_dim
+        self.standardize = standardize
+        self.register_buffer("input_mean", torch.zeros(input_dim))
+        self.register_buffer("input_std", torch.ones(input_dim))
         self.chunk_size = chunk_size
         self.encoder = MLP([input_dim, *hidden, latent_dim], dropout)
         self.decoder = MLP([latent_dim, *reversed(hidden), input_dim], dropout)
@@ -158,17 +168,34 @@ class RQVAE(nn.Module):
                 f"expects {self.input_dim}-d (input_dim={self.input_dim}); link input_dim to the data"
             )
 
+    def normalize(self, z: Tensor) -> Tensor:
+        """The encoder's input and the reconstruction target: z itself or its standardised form."""
+        return (z - self.input_mean) / self.input_std if self.standardize else z
+
+    @torch.no_grad()
+    def fit_normalization(self, z_all: Tensor) -> None:
+        """Per-dimension mean and std of all N items z_all [N, input_dim] (before training)."""
+        self._check_input(z_all)
+        if not torch.isfinite(z_all).all():
+            raise ValueError("item embeddings contain NaN/inf values; fix them before training")
+        self.input_mean.copy_(z_all.mean(dim=0))
+        std = z_all.std(dim=0) if len(z_all) > 1 else torch.ones_like(self.input_std)
+        self.input_std.copy_(std.clamp_min(1e-6))  # constant dimensions stay finite
+
     def forward(self, z: Tensor) -> RQVAEOutput:
-        """z [B, input_dim] -> reconstruction, codes and losses."""
+        """z [B, input_dim] -> reconstruction (of `normalize(z)`), codes and losses."""
         self._check_input(z)
-        out = self.quantizer(self.encoder(z))
+        target = self.normalize(z)
+        out = self.quantizer(self.encoder(target))
         recon = self.decoder(out.quantized)
-        recon_loss = F.mse_loss(recon.float(), z.float())
+        recon_error = (recon.float() - target.float()).pow(2).mean(dim=1)
+        recon_loss = recon_error.mean()
         return RQVAEOutput(
             recon=recon,
             codes=out.codes,
             loss=recon_loss + out.loss,
             recon_loss=recon_loss,
+            recon_error=recon_error,
             quant_loss=out.loss,
             probs=out.probs,
             terms={"recon": recon_loss, **out.terms},
@@ -177,7 +204,7 @@ class RQVAE(nn.Module):
     def latent(self, z: Tensor) -> Tensor:
         """Encoder output r [B, latent_dim] (differentiable)."""
         self._check_input(z)
-        return self.encoder(z)
+        return self.encoder(self.normalize(z))
 
     @contextmanager
     def _inference(self) -> Iterator[None]:
@@ -191,7 +218,7 @@ class RQVAE(nn.Module):
             self.train(was_training)
 
     def _latents(self, z: Tensor) -> Tensor:
-        return torch.cat([self.encoder(chunk) for chunk in z.split(self.chunk_size)])
+        return torch.cat([self.encoder(self.normalize(chunk)) for chunk in z.split(self.chunk_size)])
 
     def encode(self, z: Tensor) -> Tensor:
         """Hard semantic IDs [N, L] (long) of item embeddings z [N, input_dim], chunked over rows."""
@@ -200,7 +227,10 @@ class RQVAE(nn.Module):
             return torch.empty(0, self.num_levels, dtype=torch.long, device=z.device)
         with self._inference():
             return torch.cat(
-                [self.quantizer.encode(self.encoder(chunk)) for chunk in z.split(self.chunk_size)]
+                [
+                    self.quantizer.encode(self.encoder(self.normalize(chunk)))
+                    for chunk in z.split(self.chunk_size)
+                ]
             )
 
     def init_codebooks(self, z_all: Tensor) -> None:
