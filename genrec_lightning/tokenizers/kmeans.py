@@ -8,6 +8,8 @@ trainable quantizers, which use them to initialise and to read out hard codes.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 from torch import Tensor, nn
@@ -203,6 +205,29 @@ class _KMeansTokenizer(nn.Module):
         if codes.ndim != 2 or codes.shape[1] != self.num_levels:
             raise ValueError(f"codes must have shape [N, {self.num_levels}], got {tuple(codes.shape)}")
 
+    #: k-means over all rows -> centroids [L, K, d], and the matching nearest-code assignment.
+    _fit_centroids: Callable[..., Tensor]
+    _assign: Callable[[Tensor, Tensor], Tensor]
+
+    @torch.no_grad()
+    def fit(self, x: Tensor) -> _KMeansTokenizer:
+        """Fit every codebook on all rows of x [N, input_dim]; returns self."""
+        self._check_input(x)
+        _check_matrix(x, "item embeddings")
+        fit = type(self)._fit_centroids
+        self.centroids.copy_(
+            fit(x.float(), self.num_levels, self.codebook_size, niter=self.niter, seed=self.seed)
+        )
+        self.fitted.fill_(True)
+        return self
+
+    @torch.no_grad()
+    def encode(self, x: Tensor) -> Tensor:
+        """Codes [N, L] (long) of x [N, input_dim]."""
+        self._check_fitted()
+        self._check_input(x)
+        return type(self)._assign(x.to(self.centroids.dtype), self.centroids.to(x.device))
+
 
 class RQKMeans(_KMeansTokenizer):
     """Residual k-means semantic IDs (OneRec-style): no training loop, one k-means per level.
@@ -223,24 +248,8 @@ class RQKMeans(_KMeansTokenizer):
         """
         super().__init__(input_dim, num_levels, codebook_size, input_dim, niter, seed)
 
-    @torch.no_grad()
-    def fit(self, x: Tensor) -> RQKMeans:
-        """Fit all levels on every row of x [N, input_dim]; returns self."""
-        self._check_input(x)
-        _check_matrix(x, "item embeddings")
-        centroids = residual_kmeans(
-            x.float(), self.num_levels, self.codebook_size, niter=self.niter, seed=self.seed
-        )
-        self.centroids.copy_(centroids)
-        self.fitted.fill_(True)
-        return self
-
-    @torch.no_grad()
-    def encode(self, x: Tensor) -> Tensor:
-        """Codes [N, L] (long) of x [N, input_dim]."""
-        self._check_fitted()
-        self._check_input(x)
-        return residual_assign(x.to(self.centroids.dtype), self.centroids.to(x.device))
+    _fit_centroids = staticmethod(residual_kmeans)
+    _assign = staticmethod(residual_assign)
 
     @torch.no_grad()
     def reconstruct(self, codes: Tensor) -> Tensor:
@@ -274,24 +283,8 @@ class PQKMeans(_KMeansTokenizer):
             )
         super().__init__(input_dim, num_levels, codebook_size, input_dim // num_levels, niter, seed)
 
-    @torch.no_grad()
-    def fit(self, x: Tensor) -> PQKMeans:
-        """Fit every segment codebook on all rows of x [N, input_dim]; returns self."""
-        self._check_input(x)
-        _check_matrix(x, "item embeddings")
-        centroids = product_kmeans(
-            x.float(), self.num_levels, self.codebook_size, niter=self.niter, seed=self.seed
-        )
-        self.centroids.copy_(centroids)
-        self.fitted.fill_(True)
-        return self
-
-    @torch.no_grad()
-    def encode(self, x: Tensor) -> Tensor:
-        """Codes [N, L] (long) of x [N, input_dim]: nearest centroid per segment."""
-        self._check_fitted()
-        self._check_input(x)
-        return product_assign(x.to(self.centroids.dtype), self.centroids.to(x.device))
+    _fit_centroids = staticmethod(product_kmeans)
+    _assign = staticmethod(product_assign)
 
     @torch.no_grad()
     def reconstruct(self, codes: Tensor) -> Tensor:

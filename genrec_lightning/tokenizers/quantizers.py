@@ -13,6 +13,8 @@ implementations, so the papers' beta = 0.25 and lambda_CU = 1e-4 keep their mean
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -58,7 +60,7 @@ def uniformity_loss(probs: Tensor) -> Tensor:
     return (mean * mean.clamp_min(torch.finfo(mean.dtype).tiny).log()).sum()
 
 
-class Quantizer(nn.Module):
+class Quantizer(nn.Module, ABC):
     """Base class: L codebooks of K codes stored as one parameter `codebooks` [L, K, d_l].
 
     `encode` returns hard IDs (no grad); `init_codebooks` runs k-means on the full set of latents.
@@ -91,41 +93,36 @@ class Quantizer(nn.Module):
                 f"{type(self).__name__} expects [B, {self.dim}] latents, got shape {tuple(x.shape)}"
             )
 
+    #: k-means over all rows -> codebooks [L, K, d_l], and the matching hard assignment.
+    _fit_centroids: Callable[..., Tensor]
+    _assign: Callable[[Tensor, Tensor], Tensor]
+
+    @abstractmethod
     def forward(self, x: Tensor) -> QuantizerOutput:
-        raise NotImplementedError
+        """Quantise latents x [B, dim] for training."""
 
     @torch.no_grad()
     def encode(self, x: Tensor) -> Tensor:
-        """Hard codes [B, L] (long) of latents x [B, dim]."""
-        raise NotImplementedError
+        """Hard codes [B, L] (long) of latents x [B, dim]; for the soft quantizer, its hard IDs."""
+        self._check_input(x)
+        return type(self)._assign(x, self.codebooks)
 
     @torch.no_grad()
     def init_codebooks(self, x: Tensor) -> None:
-        """k-means initialisation from latents x [N, dim] of *all* items."""
-        raise NotImplementedError
+        """k-means initialisation from the latents x [N, dim] of *all* items."""
+        self._check_input(x)
+        fit = type(self)._fit_centroids
+        books = fit(x, self.num_levels, self.codebook_size, niter=self.kmeans_iters, seed=self.seed)
+        self.codebooks.copy_(books)
+        self.initialized.fill_(True)
 
 
 class _ResidualCodebooks(Quantizer):
-    """Hard-ID readout and k-means init shared by the hard and the soft residual quantizer."""
+    """Hard IDs (nearest code of the hard residual per level, eqs. 3-4) and level-by-level k-means
+    init on the residuals, shared by the hard and the soft residual quantizer."""
 
-    @torch.no_grad()
-    def encode(self, x: Tensor) -> Tensor:
-        """Hard codes [B, L]: nearest code of the hard residual at each level (eqs. 3-4).
-
-        For the soft quantizer this is how the discrete identifiers are read out at inference.
-        """
-        self._check_input(x)
-        return residual_assign(x, self.codebooks)
-
-    @torch.no_grad()
-    def init_codebooks(self, x: Tensor) -> None:
-        """Level-by-level k-means on the hard residuals of all N latents x [N, dim]."""
-        self._check_input(x)
-        books = residual_kmeans(
-            x, self.num_levels, self.codebook_size, niter=self.kmeans_iters, seed=self.seed
-        )
-        self.codebooks.copy_(books)
-        self.initialized.fill_(True)
+    _fit_centroids = staticmethod(residual_kmeans)
+    _assign = staticmethod(residual_assign)
 
 
 class ResidualQuantizer(_ResidualCodebooks):
@@ -289,6 +286,9 @@ class ProductQuantizer(Quantizer):
         super().__init__(dim, num_levels, codebook_size, dim // num_levels, kmeans_iters, seed)
         self.beta = beta
 
+    _fit_centroids = staticmethod(product_kmeans)
+    _assign = staticmethod(product_assign)
+
     def forward(self, x: Tensor) -> QuantizerOutput:
         """x [B, dim] -> quantized [B, dim] (concatenated segment codewords), codes [B, L]."""
         self._check_input(x)
@@ -310,19 +310,3 @@ class ProductQuantizer(Quantizer):
             loss=codebook + self.beta * commitment,
             terms={"codebook": codebook, "commitment": commitment},
         )
-
-    @torch.no_grad()
-    def encode(self, x: Tensor) -> Tensor:
-        """Hard codes [B, L]: nearest code of each segment."""
-        self._check_input(x)
-        return product_assign(x, self.codebooks)
-
-    @torch.no_grad()
-    def init_codebooks(self, x: Tensor) -> None:
-        """Per-segment k-means on all N latents x [N, dim]."""
-        self._check_input(x)
-        books = product_kmeans(
-            x, self.num_levels, self.codebook_size, niter=self.kmeans_iters, seed=self.seed
-        )
-        self.codebooks.copy_(books)
-        self.initialized.fill_(True)
