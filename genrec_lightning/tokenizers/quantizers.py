@@ -60,6 +60,15 @@ def uniformity_loss(probs: Tensor) -> Tensor:
     return (mean * mean.clamp_min(torch.finfo(mean.dtype).tiny).log()).sum()
 
 
+def _nearest_code(v: Tensor, book: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Hard assignment of v [B, d] to codebook [K, d]: codes [B], codewords [B, d], and the VQ-VAE
+    codebook term mse(e, sg(v)) and commitment term mse(v, sg(e)) (element means)."""
+    with torch.no_grad():
+        codes = squared_distances(v, book).argmin(dim=1)
+    chosen = book[codes]
+    return codes, chosen, F.mse_loss(chosen, v.detach()), F.mse_loss(v, chosen.detach())
+
+
 class Quantizer(nn.Module, ABC):
     """Base class: L codebooks of K codes stored as one parameter `codebooks` [L, K, d_l].
 
@@ -161,11 +170,8 @@ class ResidualQuantizer(_ResidualCodebooks):
         total = torch.zeros_like(x)
         codes, codebook, commitment = [], x.new_zeros(()), x.new_zeros(())
         for book in self.codebooks:
-            with torch.no_grad():
-                level_codes = squared_distances(residual, book).argmin(dim=1)
-            chosen = book[level_codes]  # [B, dim]
-            codebook = codebook + F.mse_loss(chosen, residual.detach())
-            commitment = commitment + F.mse_loss(residual, chosen.detach())
+            level_codes, chosen, book_loss, commit_loss = _nearest_code(residual, book)
+            codebook, commitment = codebook + book_loss, commitment + commit_loss
             residual = residual - chosen.detach()
             total = total + chosen.detach()
             codes.append(level_codes)
@@ -295,12 +301,8 @@ class ProductQuantizer(Quantizer):
         segments = split_segments(x, self.num_levels)  # [B, L, dim / L]
         codes, chosen_all, codebook, commitment = [], [], x.new_zeros(()), x.new_zeros(())
         for level, book in enumerate(self.codebooks):
-            segment = segments[:, level]
-            with torch.no_grad():
-                level_codes = squared_distances(segment, book).argmin(dim=1)
-            chosen = book[level_codes]
-            codebook = codebook + F.mse_loss(chosen, segment.detach())
-            commitment = commitment + F.mse_loss(segment, chosen.detach())
+            level_codes, chosen, book_loss, commit_loss = _nearest_code(segments[:, level], book)
+            codebook, commitment = codebook + book_loss, commitment + commit_loss
             codes.append(level_codes)
             chosen_all.append(chosen.detach())
         quantized = x + (torch.cat(chosen_all, dim=1) - x).detach()
