@@ -37,6 +37,7 @@ SIZE_LINKS: tuple[tuple[str, str], ...] = (
     ("data.pad_item", "model.init_args.pad_item"),
     ("data.max_history", "model.init_args.max_history"),
     ("data.embedding_dim", "model.init_args.embedding_dim"),
+    ("data.codebook_sizes", "model.init_args.codebook_sizes"),
 )
 
 
@@ -64,6 +65,12 @@ class GenRecCLI(LightningCLI):
         )
         for source, target in SIZE_LINKS:
             parser.link_arguments(source, target, apply_on="instantiate")
+        parser.add_argument(
+            "--test_after_fit",
+            type=bool,
+            default=True,
+            help="after `fit`, test a recommender's best checkpoint (Recall/NDCG on the held-out items)",
+        )
 
     def _parse_ckpt_path(self) -> None:
         # LightningCLI would merge the checkpoint's saved hyperparameters *over* the given config,
@@ -94,6 +101,30 @@ class GenRecCLI(LightningCLI):
         if isinstance(self.model, TokenizerModule) and isinstance(self.datamodule, ItemEmbeddingDataModule):
             data = self.datamodule.data
             self.model.artifact_dir = data.semantic_ids_dir(tokenizer_key(self.config.fit, data))
+
+    def after_fit(self) -> None:
+        # The headline run goes from data to test metrics in one command: test the checkpoint
+        # that model selection (val/ndcg@10) chose, or the final weights without a checkpoint.
+        from genrec_lightning.modules.base import RecommenderModule
+
+        if not isinstance(self.model, RecommenderModule) or not self.config.fit.get("test_after_fit", True):
+            return
+        if self.trainer.interrupted or self.trainer.fast_dev_run:
+            return
+        callback = self.trainer.checkpoint_callback
+        best = getattr(callback, "best_model_path", "") if callback is not None else ""
+        self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path="best" if best else None)
+
+    def before_predict(self) -> None:
+        # `genrec predict` writes the ranked lists to a file unless a writer is configured.
+        from lightning.pytorch.callbacks import BasePredictionWriter
+
+        from genrec_lightning.callbacks.predictions import TopKWriter
+        from genrec_lightning.modules.base import RecommenderModule
+
+        writers = [cb for cb in self.trainer.callbacks if isinstance(cb, BasePredictionWriter)]
+        if isinstance(self.model, RecommenderModule) and not writers:
+            self.trainer.callbacks.append(TopKWriter())
 
 
 def _config_section(args: list[str]) -> list[str]:

@@ -1,6 +1,7 @@
 """Callbacks that orchestrate training (schedules, monitors); the maths lives elsewhere."""
 
 from genrec_lightning.callbacks.collisions import CollisionMonitor
+from genrec_lightning.callbacks.predictions import TopKWriter
 from genrec_lightning.callbacks.temperature import TemperatureAnnealing, anneal
 
-__all__ = ["CollisionMonitor", "TemperatureAnnealing", "anneal"]
+__all__ = ["CollisionMonitor", "TemperatureAnnealing", "TopKWriter", "anneal"]

@@ -307,6 +307,17 @@ class SequenceDataModule(L.LightningDataModule, ABC):
         return {"dataset": self.reader.name, "data_hash": self.data_hash, "num_items": self.num_items}
 
     @property
+    def codebook_sizes(self) -> list[int]:
+        """Codes per level of the semantic IDs (linked to generative models; builds the IDs if needed).
+
+        Without a tokenizer the attribute does not exist (AttributeError), so the CLI's size link
+        is skipped for ID-based models instead of failing.
+        """
+        if self.tokenizer is None:
+            raise AttributeError(f"{type(self).__name__} has no semantic IDs (no `tokenizer` set)")
+        return self.semantic_ids.codebook_sizes
+
+    @property
     def semantic_ids(self) -> SemanticIds:
         """The items' semantic IDs named by `tokenizer` (built on first use, then cached)."""
         if self._semantic_ids is None:

@@ -1,0 +1,205 @@
+"""`GenerativeRecommender`: TIGER's T5 trained on semantic-ID sequences, evaluated by beam search.
+
+Wiring only: the network is `networks/t5.py`, the objective a `TokenLoss`, decoding
+`generation.py`, metrics come from `RecommenderModule`. The item ID table is a buffer, so a
+checkpoint carries the IDs it was trained with and refuses a datamodule whose IDs differ.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from genrec_lightning.generation import Ranking, beam_search, exact_ranking, exact_scores
+from genrec_lightning.losses import CrossEntropyTokenLoss, LossContext, TokenLoss
+from genrec_lightning.modules.base import RecommenderModule
+from genrec_lightning.networks.t5 import T5Recommender
+from genrec_lightning.optim import adamw_warmup_cosine, decay_groups
+from genrec_lightning.semantic_ids import (
+    NUM_SPECIAL_TOKENS,
+    PAD,
+    ArtifactMismatchError,
+    PrefixIndex,
+    SemanticIds,
+)
+
+log = logging.getLogger(__name__)
+
+
+class GenerativeRecommender(RecommenderModule):
+    """TIGER: encoder reads the flattened IDs of the last `max_history` items, decoder emits the next ID.
+
+    Args:
+        codebook_sizes: codes per ID level (linked from the datamodule's semantic IDs).
+        num_items: catalogue size (linked from the datamodule).
+        max_history: items of history fed to the encoder (linked); a longer history is cut to its
+            most recent `max_history` items.
+        network: T5 class or partial, called with the vocabulary size.
+        loss: token objective; plain cross-entropy when not given.
+        beam_size: beams per user in constrained beam search = length of the ranked lists.
+        exact_ranking: rank by the exact likelihood of every item's ID instead of beam search
+            (B x N decoder passes: only for small catalogues and for checking the beam).
+        lr: peak learning rate of AdamW.
+        weight_decay: AdamW weight decay (matrices only).
+        warmup_steps: linear warm-up steps.
+        min_lr_ratio: final learning rate / lr of the cosine decay (1 = constant after warm-up).
+        metric_ks: cutoffs of Recall/NDCG.
+        head_fraction: head share of the test items for the head/tail metrics.
+        coverage_k: list length for coverage and popularity-decile diagnostics.
+    """
+
+    def __init__(
+        self,
+        codebook_sizes: Sequence[int] | None = None,
+        num_items: int = 0,
+        max_history: int = 20,
+        network: Callable[[int], T5Recommender] = T5Recommender,
+        loss: TokenLoss | None = None,
+        beam_size: int = 20,
+        exact_ranking: bool = False,
+        lr: float = 1e-3,
+        weight_decay: float = 0.01,
+        warmup_steps: int = 500,
+        min_lr_ratio: float = 0.0,
+        metric_ks: Sequence[int] = (1, 5, 10, 20),
+        head_fraction: float = 0.5,
+        coverage_k: int = 10,
+    ) -> None:
+        if codebook_sizes is None:
+            raise ValueError(
+                "GenerativeRecommender needs semantic IDs: set `data.init_args.tokenizer` to a tokenizer "
+                "config (e.g. configs/rqvae.yaml) or a semantic-ID artifact directory"
+            )
+        super().__init__(num_items, beam_size, metric_ks, head_fraction, coverage_k)
+        self.save_hyperparameters(ignore=["network", "loss"])
+        sizes = [int(s) for s in codebook_sizes]
+        if not sizes or min(sizes) < 1:
+            raise ValueError(f"codebook_sizes must be positive, got {list(codebook_sizes)}")
+        if max_history < 1:
+            raise ValueError(f"max_history must be >= 1, got {max_history}")
+        self.codebook_sizes = sizes
+        self.max_history = max_history
+        self.beam_size = beam_size
+        self.use_exact_ranking = exact_ranking
+        self.vocab_size = NUM_SPECIAL_TOKENS + sum(sizes)
+        self.network = network(self.vocab_size)
+        if self.network.vocab_size != self.vocab_size:
+            raise ValueError("the network was built with another vocabulary size")
+        self.loss = loss if loss is not None else CrossEntropyTokenLoss()
+        offsets = torch.tensor([NUM_SPECIAL_TOKENS + sum(sizes[:i]) for i in range(len(sizes))])
+        self.register_buffer("token_offsets", offsets, persistent=False)
+        # The ID table the model was trained with (saved in checkpoints); -1 until IDs are attached.
+        self.register_buffer("item_id_table", torch.full((num_items, len(sizes)), -1, dtype=torch.long))
+        self._indexes: dict[torch.device, PrefixIndex] = {}
+        self._warned_truncation = False
+
+    # ----------------------------------------------------------------- semantic IDs
+    def set_semantic_ids(self, ids: SemanticIds) -> None:
+        """Attach the items' IDs (done from the datamodule in `setup`; call it when using the model alone)."""
+        if ids.codebook_sizes != self.codebook_sizes or ids.num_items != self.num_items:
+            raise ArtifactMismatchError(
+                f"semantic IDs with codebook sizes {ids.codebook_sizes} for {ids.num_items} items do not "
+                f"match this model ({self.codebook_sizes}, {self.num_items} items); build the model from "
+                "the datamodule that carries these IDs (sizes are linked by `genrec`)"
+            )
+        self.item_id_table.copy_(ids.codes.to(self.item_id_table.device))
+        self._indexes.clear()
+
+    @property
+    def has_ids(self) -> bool:
+        return bool((self.item_id_table >= 0).all())
+
+    def item_codes(self) -> Tensor:
+        if not self.has_ids:
+            raise RuntimeError("no semantic IDs attached: call set_semantic_ids() or run with a datamodule")
+        return self.item_id_table
+
+    def prefix_index(self, device: torch.device) -> PrefixIndex:
+        """Prefix index of the ID table on `device`, built once per device."""
+        if device not in self._indexes:
+            self._indexes[device] = PrefixIndex.build(self.item_codes().cpu(), self.codebook_sizes).to(device)
+        return self._indexes[device]
+
+    def setup(self, stage: str) -> None:
+        data = self.datamodule
+        if data is not None and hasattr(data, "semantic_ids"):
+            self.set_semantic_ids(data.semantic_ids)
+            if stage == "fit":
+                self.loss.prepare(LossContext(data.semantic_ids, data))
+        super().setup(stage)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
+        saved = checkpoint.get("state_dict", {}).get("item_id_table")
+        if saved is None or not self.has_ids:
+            self._indexes.clear()
+            return
+        if saved.shape != self.item_id_table.shape or not torch.equal(saved.cpu(), self.item_id_table.cpu()):
+            changed = "shape" if saved.shape != self.item_id_table.shape else "codes"
+            raise ArtifactMismatchError(
+                f"the checkpoint's semantic-ID table differs from the datamodule's ({changed}: "
+                f"{tuple(saved.shape)} vs {tuple(self.item_id_table.shape)}); the model would decode "
+                "other items. Use the tokenizer config/artifact the checkpoint was trained with"
+            )
+
+    # ----------------------------------------------------------------- inputs
+    def encoder_inputs(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """Flattened history tokens [B, H*L] (+ user token) and their attention mask."""
+        history, mask = batch["history"], batch["history_mask"]
+        if history.shape[1] > self.max_history:
+            if not self._warned_truncation:
+                log.warning("histories of %d items cut to the model's max_history=%d (most recent kept)",
+                            history.shape[1], self.max_history)  # fmt: skip
+                self._warned_truncation = True
+            history, mask = history[:, -self.max_history :], mask[:, -self.max_history :]
+        table = self.item_id_table + self.token_offsets
+        table = torch.cat([table, torch.full_like(table[:1], PAD)])  # row N: padding item
+        tokens = table[history].flatten(1)  # [B, H*L]
+        attention = mask.repeat_interleave(len(self.codebook_sizes), dim=1)
+        if self.network.num_user_buckets:
+            user = self.network.user_tokens(batch["user"]).unsqueeze(1)
+            tokens = torch.cat([user, tokens], dim=1)
+            attention = torch.cat([torch.ones_like(attention[:, :1]), attention], dim=1)
+        return tokens, attention.long()
+
+    def labels(self, items: Tensor) -> Tensor:
+        """Target token ids [B, L] of items [B]."""
+        return self.item_codes()[items] + self.token_offsets
+
+    # ----------------------------------------------------------------- training
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        input_ids, attention = self.encoder_inputs(batch)
+        labels = self.labels(batch["target"])
+        logits = self.network(input_ids, attention, T5Recommender.shift_right(labels))
+        loss, terms = self.loss(logits, labels, step=self.global_step)
+        batch_size = len(labels)
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
+        for name, value in terms.items():
+            self.log(f"train/{name}", value, batch_size=batch_size)
+        return loss
+
+    def configure_optimizers(self) -> dict:
+        return adamw_warmup_cosine(
+            decay_groups(self, self.hparams.weight_decay),
+            self.hparams.lr,
+            self.hparams.weight_decay,
+            self.hparams.warmup_steps,
+            self.trainer.estimated_stepping_batches,
+            self.hparams.min_lr_ratio,
+        )
+
+    # ----------------------------------------------------------------- ranking
+    def rank(self, batch: dict[str, Tensor]) -> Ranking:
+        input_ids, attention = self.encoder_inputs(batch)
+        if self.use_exact_ranking:
+            scores = exact_scores(self.network, self.item_codes(), self.token_offsets, input_ids, attention)
+            return exact_ranking(scores, self.item_codes(), self.beam_size)
+        index = self.prefix_index(input_ids.device)
+        return beam_search(self.network, index, self.token_offsets, input_ids, attention, self.beam_size)
+
+
+__all__ = ["GenerativeRecommender"]
