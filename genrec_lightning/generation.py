@@ -4,9 +4,9 @@ Every item's ID has the same length L, so the valid continuations of a prefix ar
 codes of the items that start with it (`PrefixIndex.allowed`, a CSR lookup over the sorted ID
 table). Decoding runs the encoder once, then one decoder step per level with a KV cache:
 
-- step 0 decodes BOS for each *user* (one row per user, not per beam), which also fills the
-  cross-attention keys/values from the encoder states once per user; those are then repeated
-  over the beams (a copy, not a projection). HF `generate` projects them for every beam.
+- the cross-attention keys/values are projected once per *user*, and the W beams of a user
+  attend to them as W query positions of one sequence: nothing is projected or copied per beam
+  (HF `generate` expands the encoder output per beam and projects it for every beam).
 - each step masks the level's codes, adds the beam scores and takes one `topk` over
   beams x codes per user, for the whole batch at once: no Python loop over users, beams or tokens.
 
@@ -21,7 +21,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 
 from genrec_lightning.networks.t5 import T5Recommender
 from genrec_lightning.semantic_ids import BOS, PrefixIndex
@@ -55,6 +54,77 @@ def _level_log_probs(logits: Tensor, offset: int, size: int) -> Tensor:
     return F.log_softmax(logits.float(), dim=-1)[:, offset : offset + size]
 
 
+class _SharedEncoderDecoder:
+    """Incremental T5 decoding where the beams of a user share that user's encoder output.
+
+    Same maths as the HF T5 decoder (pre-norm blocks, unscaled dot products, relative position
+    bias from the first self-attention layer, scaled tied output layer), arranged for beams:
+    hidden states are [B, W, d]; the cross-attention keys/values are projected once per user,
+    [B, h, S, dk], and the W beams attend to them as W query positions of one sequence, so
+    nothing is projected or copied per beam. The self-attention cache holds [B, W, h, t, dk]
+    and follows the beams through `reorder`.
+    """
+
+    def __init__(self, network: T5Recommender, enc: Tensor, attention_mask: Tensor) -> None:
+        model = network.model
+        self.network, self.decoder, self.lm_head = network, model.decoder, model.lm_head
+        config = self.decoder.config
+        self.heads, self.head_dim = config.num_heads, config.d_kv
+        self.scale = config.d_model**-0.5 if model.config.scale_decoder_outputs else 1.0
+        batch, length, _ = enc.shape
+        self.cross = []
+        for block in self.decoder.block:
+            attention = block.layer[1].EncDecAttention
+            k = attention.k(enc).view(batch, length, self.heads, self.head_dim).transpose(1, 2)
+            v = attention.v(enc).view(batch, length, self.heads, self.head_dim).transpose(1, 2)
+            self.cross.append((k, v))
+        real = attention_mask.bool()
+        # A user without any real token attends uniformly (as HF's additive mask does) instead of NaN.
+        self.cross_mask = (real | ~real.any(-1, keepdim=True))[:, None, None, :]
+        self.keys: list[Tensor | None] = [None] * len(self.decoder.block)
+        self.values: list[Tensor | None] = [None] * len(self.decoder.block)
+        self.step = 0
+
+    def __call__(self, tokens: Tensor) -> Tensor:
+        """Logits [B, W, vocab] of the next token after `tokens` [B, W] (the beams' last tokens)."""
+        batch, width = tokens.shape
+        heads, dim = self.heads, self.head_dim
+        x = self.decoder.embed_tokens(tokens)
+        relative = self.decoder.block[0].layer[0].SelfAttention
+        bias = relative.compute_bias(1, self.step + 1, x.device, past_seen_tokens=self.step)
+        bias = bias.view(1, 1, heads, self.step + 1)
+        for i, block in enumerate(self.decoder.block):
+            layer, attention = block.layer[0], block.layer[0].SelfAttention
+            y = layer.layer_norm(x)
+            q = attention.q(y).view(batch, width, heads, dim)
+            k = attention.k(y).view(batch, width, heads, 1, dim)
+            v = attention.v(y).view(batch, width, heads, 1, dim)
+            if self.keys[i] is not None:
+                k, v = torch.cat([self.keys[i], k], dim=3), torch.cat([self.values[i], v], dim=3)
+            self.keys[i], self.values[i] = k, v
+            scores = torch.einsum("bwhd,bwhtd->bwht", q, k).float() + bias
+            mixed = torch.einsum("bwht,bwhtd->bwhd", scores.softmax(-1).to(v.dtype), v)
+            x = x + attention.o(mixed.reshape(batch, width, heads * dim))
+
+            layer, attention = block.layer[1], block.layer[1].EncDecAttention
+            q = attention.q(layer.layer_norm(x)).view(batch, width, heads, dim).transpose(1, 2)
+            k, v = self.cross[i]
+            mixed = F.scaled_dot_product_attention(
+                q, k.to(q.dtype), v.to(q.dtype), self.cross_mask, scale=1.0
+            )
+            x = x + attention.o(mixed.transpose(1, 2).reshape(batch, width, heads * dim))
+            x = block.layer[2](x)  # feed-forward sub-layer: norm, MLP, residual
+        self.step += 1
+        x = self.decoder.final_layer_norm(x) * self.scale
+        return self.lm_head(x)[..., : self.network.vocab_size]
+
+    def reorder(self, parent: Tensor) -> None:
+        """Keep the self-attention cache of the surviving beams: parent [B, W'] indexes old beams."""
+        for i, (k, v) in enumerate(zip(self.keys, self.values, strict=True)):
+            index = parent.view(*parent.shape, 1, 1, 1).expand(-1, -1, *k.shape[2:])
+            self.keys[i], self.values[i] = k.gather(1, index), v.gather(1, index)
+
+
 @torch.no_grad()
 def beam_search(
     network: T5Recommender,
@@ -81,18 +151,13 @@ def beam_search(
     offsets = [int(o) for o in token_offsets.tolist()]
     if len(offsets) != len(sizes):
         raise ValueError(f"token_offsets has {len(offsets)} levels but the index has {len(sizes)}")
-    model = network.model
     enc = network.encode(input_ids, attention_mask, inputs_embeds)
-    batch, width, device = enc.shape[0], beam_size, enc.device
-    config = model.decoder.config  # the decoder stack's config: its layer count sizes the cache
-    cache = EncoderDecoderCache(DynamicCache(config=config), DynamicCache(config=config))
-    users = torch.arange(batch, device=device)
+    batch, width = enc.shape[0], beam_size
+    decode = _SharedEncoderDecoder(network, enc, attention_mask)
 
-    # Level 0: one decoder row per user; the cross-attention K/V are projected once per user here.
-    bos = torch.full((batch, 1), BOS, dtype=torch.long, device=device)
-    out = model(encoder_outputs=(enc,), attention_mask=attention_mask, decoder_input_ids=bos,
-                past_key_values=cache, use_cache=True)  # fmt: skip
-    logp = _level_log_probs(out.logits[:, -1, : network.vocab_size], offsets[0], sizes[0])
+    # Level 0: every user starts from one beam (BOS).
+    bos = torch.full((batch, 1), BOS, dtype=torch.long, device=enc.device)
+    logp = _level_log_probs(decode(bos)[:, 0], offsets[0], sizes[0])
     logp = logp.masked_fill(~index.allowed(0, bos[:, :0]), float("-inf"))
     scores, codes = logp.topk(min(width, sizes[0]), dim=-1)
     if scores.shape[1] < width:  # fewer first-level codes than beams: pad with dead beams
@@ -100,18 +165,11 @@ def beam_search(
         scores = F.pad(scores, (0, pad), value=float("-inf"))
         codes = F.pad(codes, (0, pad), value=0)
     codes = codes.unsqueeze(-1)  # [B, W, 1]
-    cache.self_attention_cache.reorder_cache(users.repeat_interleave(width))
-    cache.cross_attention_cache.batch_repeat_interleave(width)
-    # The cached cross-attention K/V are used from now on; the decoder only needs the encoder
-    # states' shape, so a broadcast view stands in for B*W copies.
-    enc_view = enc[:1].expand(batch * width, -1, -1)
-    mask = attention_mask.repeat_interleave(width, dim=0)
+    decode.reorder(torch.zeros_like(scores, dtype=torch.long))
 
     for level in range(1, len(sizes)):
-        last = (codes[:, :, -1] + offsets[level - 1]).view(batch * width, 1)
-        out = model(encoder_outputs=(enc_view,), attention_mask=mask, decoder_input_ids=last,
-                    past_key_values=cache, use_cache=True)  # fmt: skip
-        logp = _level_log_probs(out.logits[:, -1, : network.vocab_size], offsets[level], sizes[level])
+        logits = decode(codes[:, :, -1] + offsets[level - 1])  # [B, W, V]
+        logp = _level_log_probs(logits.flatten(0, 1), offsets[level], sizes[level])
         allowed = index.allowed(level, codes.view(batch * width, level))
         cand = (scores.view(-1, 1) + logp).masked_fill(~allowed, float("-inf"))
         scores, flat = cand.view(batch, width * sizes[level]).topk(width, dim=-1)
@@ -119,7 +177,7 @@ def beam_search(
         codes = torch.cat([codes.gather(1, parent.unsqueeze(-1).expand(-1, -1, level)),
                            (flat % sizes[level]).unsqueeze(-1)], dim=-1)  # fmt: skip
         if level + 1 < len(sizes):
-            cache.self_attention_cache.reorder_cache((users.unsqueeze(1) * width + parent).view(-1))
+            decode.reorder(parent)
 
     items = _items_of(index, codes, scores)
     codes = codes.masked_fill((items < 0).unsqueeze(-1), -1)
