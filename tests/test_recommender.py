@@ -196,3 +196,20 @@ def test_fit_selects_by_ndcg_then_tests_and_predicts(tmp_path: Path, data: dict[
     other = tiny_experiment(tmp_path / "other", data, "other_ids")
     with pytest.raises(ArtifactMismatchError, match="semantic-ID table differs"):
         GenRecCLI(args=["test", "--config", str(other), "--ckpt_path", best])
+
+
+def test_weights_alone_carry_the_ids(data: dict[str, Any]) -> None:
+    """A model restored from a state dict ranks without a datamodule, exactly like the original."""
+    from functools import partial
+
+    dm = datamodule(data)
+    model = tiny_model(dm).eval()
+    fresh = GenerativeRecommender(dm.codebook_sizes, dm.num_items, network=partial(T5Recommender, **TINY_T5))
+    assert not fresh.has_ids
+    with pytest.raises(RuntimeError, match="no semantic IDs"):
+        fresh.item_codes()
+    fresh.load_state_dict(model.state_dict())
+    assert fresh.has_ids
+    batch = dm.split("test").batch(torch.arange(8))
+    a, b = model.rank(batch), fresh.eval().rank(batch)
+    assert torch.equal(a.items, b.items) and torch.equal(a.codes, dm.semantic_ids.codes[a.items])

@@ -96,6 +96,13 @@ class GenerativeRecommender(RecommenderModule):
         self.register_buffer("item_id_table", torch.full((num_items, len(sizes)), -1, dtype=torch.long))
         self._indexes: dict[torch.device, PrefixIndex] = {}
         self._warned_truncation = False
+        # Whether the table holds real IDs, tracked on the host so steps never sync to check it.
+        self._has_ids = False
+        self.register_load_state_dict_post_hook(lambda module, _: module._refresh_ids())
+
+    def _refresh_ids(self) -> None:
+        self._has_ids = bool((self.item_id_table >= 0).all())
+        self._indexes.clear()
 
     # ----------------------------------------------------------------- semantic IDs
     def set_semantic_ids(self, ids: SemanticIds) -> None:
@@ -107,11 +114,11 @@ class GenerativeRecommender(RecommenderModule):
                 "the datamodule that carries these IDs (sizes are linked by `genrec`)"
             )
         self.item_id_table.copy_(ids.codes.to(self.item_id_table.device))
-        self._indexes.clear()
+        self._refresh_ids()
 
     @property
     def has_ids(self) -> bool:
-        return bool((self.item_id_table >= 0).all())
+        return self._has_ids
 
     def item_codes(self) -> Tensor:
         if not self.has_ids:
@@ -136,7 +143,6 @@ class GenerativeRecommender(RecommenderModule):
         super().on_load_checkpoint(checkpoint)
         saved = checkpoint.get("state_dict", {}).get("item_id_table")
         if saved is None or not self.has_ids:
-            self._indexes.clear()
             return
         if saved.shape != self.item_id_table.shape or not torch.equal(saved.cpu(), self.item_id_table.cpu()):
             changed = "shape" if saved.shape != self.item_id_table.shape else "codes"
