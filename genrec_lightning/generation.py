@@ -81,6 +81,11 @@ class _SharedEncoderDecoder:
         real = attention_mask.bool()
         # A user without any real token attends uniformly (as HF's additive mask does) instead of NaN.
         self.cross_mask = (real | ~real.any(-1, keepdim=True))[:, None, None, :]
+        # Self-attention q/k/v as one matrix per layer: one GEMM instead of three per step.
+        self.qkv = [
+            torch.cat([a.q.weight, a.k.weight, a.v.weight])
+            for a in (block.layer[0].SelfAttention for block in self.decoder.block)
+        ]
         self.keys: list[Tensor | None] = [None] * len(self.decoder.block)
         self.values: list[Tensor | None] = [None] * len(self.decoder.block)
         self.step = 0
@@ -95,10 +100,8 @@ class _SharedEncoderDecoder:
         bias = bias.view(1, 1, heads, self.step + 1)
         for i, block in enumerate(self.decoder.block):
             layer, attention = block.layer[0], block.layer[0].SelfAttention
-            y = layer.layer_norm(x)
-            q = attention.q(y).view(batch, width, heads, dim)
-            k = attention.k(y).view(batch, width, heads, 1, dim)
-            v = attention.v(y).view(batch, width, heads, 1, dim)
+            q, k, v = F.linear(layer.layer_norm(x), self.qkv[i]).view(batch, width, 3, heads, dim).unbind(2)
+            k, v = k.unsqueeze(3), v.unsqueeze(3)  # [B, W, h, 1, dk]
             if self.keys[i] is not None:
                 k, v = torch.cat([self.keys[i], k], dim=3), torch.cat([self.values[i], v], dim=3)
             self.keys[i], self.values[i] = k, v
@@ -120,9 +123,15 @@ class _SharedEncoderDecoder:
 
     def reorder(self, parent: Tensor) -> None:
         """Keep the self-attention cache of the surviving beams: parent [B, W'] indexes old beams."""
+        batch, width = parent.shape
+        # Whole contiguous rows per beam: index_select copies them far faster than an elementwise gather.
+        rows = (torch.arange(batch, device=parent.device).unsqueeze(1) * self.keys[0].shape[1] + parent).view(
+            -1
+        )
         for i, (k, v) in enumerate(zip(self.keys, self.values, strict=True)):
-            index = parent.view(*parent.shape, 1, 1, 1).expand(-1, -1, *k.shape[2:])
-            self.keys[i], self.values[i] = k.gather(1, index), v.gather(1, index)
+            shape = (batch, width, *k.shape[2:])
+            self.keys[i] = k.flatten(0, 1).index_select(0, rows).view(shape)
+            self.values[i] = v.flatten(0, 1).index_select(0, rows).view(shape)
 
 
 @torch.no_grad()
