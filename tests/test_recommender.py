@@ -183,10 +183,16 @@ def test_fit_selects_by_ndcg_then_tests_and_predicts(tmp_path: Path, data: dict[
     tested = GenRecCLI(args=["test", "--config", str(config), "--ckpt_path", best])
     assert tested.trainer.callback_metrics["test/ndcg@10"].item() == pytest.approx(tags["test/ndcg@10"][0][1])
 
-    out = tmp_path / "top.parquet"
+    # `genrec predict` writes the ranked lists next to its logs unless a writer is configured.
+    main(["predict", "--config", str(config), "--ckpt_path", best])
+    written = sorted((tmp_path / "runs" / "tiger").glob("version_*/predictions.parquet"))
+    assert len(written) == 1
+    out = tmp_path / "top.csv"
     main(["predict", "--config", str(config), "--ckpt_path", best, "--trainer.callbacks+=TopKWriter",
           f"--trainer.callbacks.output_path={out}"])  # fmt: skip
-    frame = pl.read_parquet(out)
+    frame, csv = pl.read_parquet(written[0]), pl.read_csv(out)
+    assert csv.drop("score").equals(frame.drop("score"))
+    assert (csv["score"] - frame["score"].cast(pl.Float64)).abs().max() < 1e-5
     assert set(frame.columns) == {"user", "user_raw", "rank", "item", "item_raw", "score"}
     assert frame["user"].n_unique() == 2 * 128 and frame.group_by("user").len()["len"].max() == 20
     assert frame.group_by("user").agg(pl.col("item").n_unique())["item"].min() == 20
