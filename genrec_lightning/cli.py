@@ -26,7 +26,9 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from genrec_lightning import __version__
 
-# Importing the datamodules also makes their short names (`--data MovieLensDataModule`) resolvable.
+# Importing the callbacks and datamodules also makes their short names resolvable
+# (`--trainer.callbacks+=TopKWriter`, `--data MovieLensDataModule`).
+from genrec_lightning import callbacks as _callbacks  # noqa: F401
 from genrec_lightning.data.datamodules import ItemEmbeddingDataModule, SequenceDataModule
 
 #: Sizes that flow from the datamodule to the model after instantiation (`link_arguments`).

@@ -42,3 +42,25 @@ def test_ddp_validation_equals_single_process(tmp_path: Path, data: dict[str, An
         for name in (f"val/recall@{k}", f"val/ndcg@{k}"):
             assert two[name][0][1] == pytest.approx(one[name][0][1], abs=1e-6), name
     assert one["val/recall@20"][0][1] > 0  # the comparison is not between two empty evaluations
+
+
+def test_ddp_predict_writes_one_complete_file(tmp_path: Path, data: dict[str, Any]) -> None:  # noqa: F811
+    """Each rank ranks its shard of users; rank 0 merges the parts into the single-process file."""
+    import polars as pl
+
+    config = tiny_experiment(tmp_path, data)
+    cfg = yaml.safe_load(config.read_text())
+    cfg["trainer"]["limit_predict_batches"] = 1.0
+    cfg["data"]["init_args"]["eval_batch_size"] = 100
+    config.write_text(yaml.safe_dump(cfg))
+    one, two = tmp_path / "one.parquet", tmp_path / "two.parquet"
+    genrec("predict", config, "--trainer.devices", "1", "--trainer.callbacks+=TopKWriter",
+           f"--trainer.callbacks.output_path={one}")  # fmt: skip
+    genrec("predict", config, "--trainer.devices", "2", "--trainer.strategy", "ddp",
+           "--trainer.accelerator", "cpu", "--trainer.callbacks+=TopKWriter",
+           f"--trainer.callbacks.output_path={two}")  # fmt: skip
+    single, merged = pl.read_parquet(one), pl.read_parquet(two)
+    assert single["user"].n_unique() == 943
+    assert merged.drop("score").equals(single.drop("score"))
+    assert (merged["score"] - single["score"]).abs().max() < 1e-5
+    assert not list(tmp_path.glob(".two.parquet.part*"))  # parts cleaned up
