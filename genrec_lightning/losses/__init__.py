@@ -7,5 +7,13 @@ training batch.
 """
 
 from genrec_lightning.losses.base import CrossEntropyTokenLoss, LossContext, TokenLoss, token_cross_entropy
+from genrec_lightning.losses.weighting import Frequency, FrontGreater
 
-__all__ = ["CrossEntropyTokenLoss", "LossContext", "TokenLoss", "token_cross_entropy"]
+__all__ = [
+    "CrossEntropyTokenLoss",
+    "FrontGreater",
+    "Frequency",
+    "LossContext",
+    "TokenLoss",
+    "token_cross_entropy",
+]

@@ -45,6 +45,11 @@ class LossContext:
         """[N, d] item text embeddings of the dataset."""
         return self._data("item embeddings").item_embeddings()
 
+    def train_targets(self) -> Tensor:
+        """[S] target item of every training sample (the sliding windows; no validation/test item)."""
+        split = self._data("the training targets").split("train")
+        return split.items[split.targets]
+
     def item_frequencies(self) -> Tensor:
         """[N] interactions per item in the training part only."""
         return self._data("training item frequencies").item_frequencies()
