@@ -7,6 +7,7 @@ training batch.
 """
 
 from genrec_lightning.losses.base import CrossEntropyTokenLoss, LossContext, TokenLoss, token_cross_entropy
+from genrec_lightning.losses.multi_target import MultiTargetCurriculum
 from genrec_lightning.losses.weighting import Frequency, FrontGreater
 
 __all__ = [
@@ -14,6 +15,7 @@ __all__ = [
     "FrontGreater",
     "Frequency",
     "LossContext",
+    "MultiTargetCurriculum",
     "TokenLoss",
     "token_cross_entropy",
 ]
