@@ -71,19 +71,26 @@ def atomic_dir(target: str | Path) -> Iterator[Path]:
         raise
 
 
-def write_json_atomic(path: str | Path, data: Mapping[str, Any]) -> None:
-    """Write JSON to `path` through a temporary file and a rename."""
+@contextlib.contextmanager
+def atomic_file(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path that replaces `path` only if the block finishes (removed on error)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(_canonical(data), f, indent=2, sort_keys=True)
-            f.write("\n")
+        yield Path(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_json_atomic(path: str | Path, data: Mapping[str, Any]) -> None:
+    """Write JSON to `path` through a temporary file and a rename."""
+    with atomic_file(path) as tmp, open(tmp, "w") as f:
+        json.dump(_canonical(data), f, indent=2, sort_keys=True)
+        f.write("\n")
 
 
 def read_meta(directory: str | Path) -> dict[str, Any] | None:

@@ -85,7 +85,7 @@ def _check_codes_2d(codes: Tensor, name: str = "codes") -> None:
         raise ValueError(f"{name} must hold integer codes, got dtype {codes.dtype}; cast with .long()")
 
 
-def _prefix_groups(codes: Tensor) -> list[tuple[Tensor, Tensor]]:
+def prefix_groups(codes: Tensor) -> list[tuple[Tensor, Tensor]]:
     """Dense group id and group sizes of every item's length-k prefix, for k = 0..L.
 
     Group ids at level k are built from (group at k-1, code k), so keys stay below N * (max code + 1)
@@ -109,7 +109,7 @@ def _prefix_groups(codes: Tensor) -> list[tuple[Tensor, Tensor]]:
 
 def _group_sizes_per_item(codes: Tensor) -> list[Tensor]:
     """|G_k(i)| for every item i and k = 0..L (float64)."""
-    return [counts[group].double() for group, counts in _prefix_groups(codes)]
+    return [counts[group].double() for group, counts in prefix_groups(codes)]
 
 
 def _check_frequencies(item_frequencies: Tensor | None, n: int, device: torch.device) -> Tensor:
@@ -145,13 +145,13 @@ def _purity_gain_per_item(codes: Tensor, item_frequencies: Tensor | None) -> Ten
     """[N, L] gain of item i's purity when its level-k code is appended to its prefix."""
     f = _check_frequencies(item_frequencies, codes.shape[0], codes.device)
     f_log_f = torch.xlogy(f, f)
-    purity = [_purity_per_item(g, c, f, f_log_f) for g, c in _prefix_groups(codes)]
+    purity = [_purity_per_item(g, c, f, f_log_f) for g, c in prefix_groups(codes)]
     return torch.stack([purity[k] - purity[k - 1] for k in range(1, len(purity))], dim=1)
 
 
 def collision_rate(codes: Tensor) -> float:
     """1 - (#unique rows) / N, UniGRec's collision rate of a (raw, un-deduplicated) code table."""
-    unique_rows = _prefix_groups(codes)[-1][1].shape[0]
+    unique_rows = prefix_groups(codes)[-1][1].shape[0]
     return 1.0 - unique_rows / codes.shape[0]
 
 
@@ -318,14 +318,14 @@ def _rank_within_groups(group: Tensor) -> Tensor:
 
 
 def _dedup_suffix(raw: Tensor) -> tuple[Tensor, int]:
-    rank = _rank_within_groups(_prefix_groups(raw)[-1][0])
+    rank = _rank_within_groups(prefix_groups(raw)[-1][0])
     return torch.cat([raw, rank.unsqueeze(1)], dim=1), int(rank.max()) + 1
 
 
 def _dedup_reassign_last(raw: Tensor, last_size: int, seed: int) -> Tensor:
     """Move every non-first member of a colliding group to a free last-level code under its prefix."""
     codes = raw.numpy().copy()
-    groups = _prefix_groups(raw)
+    groups = prefix_groups(raw)
     prefix = groups[-2][0].numpy()  # group of the length-(L-1) prefix (all 0 for one-level IDs)
     per_prefix = np.bincount(prefix)
     if per_prefix.max() > last_size:
@@ -555,7 +555,7 @@ class SemanticIds:
 
     def statistics(self, item_frequencies: Tensor | None = None) -> dict[str, Any]:
         """JSON-ready summary: collisions (raw IDs), per-level usage, entropy, filter ratio, purity gain."""
-        raw_counts = _prefix_groups(self._raw)[-1][1]
+        raw_counts = prefix_groups(self._raw)[-1][1]
         usage, entropy = usage_entropy(self._codes, self._sizes)
         normalized = [h / math.log(s) if s > 1 else 0.0 for h, s in zip(entropy, self._sizes, strict=True)]
         return {
@@ -566,7 +566,7 @@ class SemanticIds:
             "collision_rate": collision_rate(self._raw),
             "colliding_items": int(raw_counts[raw_counts > 1].sum()),
             "max_group_size": int(raw_counts.max()),
-            "unique_ratio": _prefix_groups(self._codes)[-1][1].shape[0] / self.num_items,
+            "unique_ratio": prefix_groups(self._codes)[-1][1].shape[0] / self.num_items,
             "usage": usage,
             "entropy": entropy,
             "normalized_entropy": normalized,

@@ -263,23 +263,18 @@ def test_most_popular_refuses_to_train() -> None:
 
 # ------------------------------------------------------------------------------------ end to end
 def test_most_popular_test_run_matches_a_brute_force_evaluation(ml100k_cache: Path, tmp_path: Path) -> None:
-    cli = GenRecCLI(
-        args=[
-            "test",
-            "--config",
-            str(ROOT / "configs/baselines/most_popular.yaml"),
-            "--data.init_args.cache_dir",
-            str(ml100k_cache),
-            "--trainer.logger.init_args.save_dir",
-            str(tmp_path / "runs"),
-            "--trainer.enable_progress_bar",
-            "false",
-        ]
-    )
+    options = [
+        "--config",
+        str(ROOT / "configs/baselines/most_popular.yaml"),
+        "--data.init_args.cache_dir",
+        str(ml100k_cache),
+        "--trainer.logger.init_args.save_dir",
+        str(tmp_path / "runs"),
+    ]
+    cli = GenRecCLI(args=["test", *options, "--trainer.enable_progress_bar", "false"])
     data = MovieLensDataModule(cache_dir=str(ml100k_cache))
     top = brute_force_top(data.item_frequencies(), 10)
-    test = data.split("test")
-    targets = test.items[test.targets].tolist()
+    targets = data.split("test").target_items.tolist()
     hits = [top.index(t) if t in top else None for t in targets]
     recall = sum(h is not None for h in hits) / len(targets)
     ndcg = sum(1 / torch.log2(torch.tensor(h + 2.0)).item() for h in hits if h is not None) / len(targets)
@@ -287,17 +282,7 @@ def test_most_popular_test_run_matches_a_brute_force_evaluation(ml100k_cache: Pa
     assert metrics["test/recall@10"].item() == pytest.approx(recall, abs=1e-6)
     assert metrics["test/ndcg@10"].item() == pytest.approx(ndcg, abs=1e-6)
     with pytest.raises(RuntimeError, match="nothing to train"):
-        main(
-            [
-                "fit",
-                "--config",
-                str(ROOT / "configs/baselines/most_popular.yaml"),
-                "--data.init_args.cache_dir",
-                str(ml100k_cache),
-                "--trainer.logger.init_args.save_dir",
-                str(tmp_path / "runs"),
-            ]
-        )
+        main(["fit", *options])
 
 
 def test_sasrec_fit_then_test_from_checkpoint(ml100k_cache: Path, tmp_path: Path) -> None:

@@ -61,7 +61,7 @@ def test_front_greater_refuses_uninformative_ids() -> None:
 def fake_context(train_targets: torch.Tensor) -> LossContext:
     """LossContext over a stand-in datamodule: items 0..7, the given training targets."""
     ids = SemanticIds.from_codes(CODES, 4, dedup="none")
-    split = SimpleNamespace(items=train_targets, targets=torch.arange(len(train_targets)))
+    split = SimpleNamespace(target_items=train_targets)
     data = SimpleNamespace(split=lambda name: split, item_embeddings=lambda: EMBEDDINGS)
     return LossContext(ids, data)
 

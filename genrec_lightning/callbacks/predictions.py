@@ -7,8 +7,6 @@ a barrier, so the final file appears complete or not at all.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -17,21 +15,16 @@ import polars as pl
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 
+from genrec_lightning.artifacts import atomic_file
+
 
 def _write_frame(frame: pl.DataFrame, path: Path) -> None:
-    """Write parquet (default) or CSV (by suffix) through a temporary file and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
+    """Write parquet (default) or CSV (by suffix) atomically."""
+    with atomic_file(path) as tmp:
         if path.suffix == ".csv":
             frame.write_csv(tmp)
         else:
             frame.write_parquet(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class TopKWriter(BasePredictionWriter):

@@ -44,6 +44,11 @@ class SequenceSamples(Dataset):
     def __len__(self) -> int:
         return len(self.targets)
 
+    @property
+    def target_items(self) -> torch.Tensor:
+        """[S] the target item of every sample (e.g. training-split statistics)."""
+        return self.items[self.targets]
+
     def batch(self, index: torch.Tensor) -> dict[str, torch.Tensor]:
         """The samples at `index` (LongTensor [B]) as one batch."""
         pos = self.targets[index]

@@ -47,8 +47,7 @@ class LossContext:
 
     def train_targets(self) -> Tensor:
         """[S] target item of every training sample (the sliding windows; no validation/test item)."""
-        split = self._data("the training targets").split("train")
-        return split.items[split.targets]
+        return self._data("the training targets").split("train").target_items
 
     def item_frequencies(self) -> Tensor:
         """[N] interactions per item in the training part only."""

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from genrec_lightning.losses.base import LossContext, TokenLoss
-from genrec_lightning.semantic_ids import NUM_SPECIAL_TOKENS, PAD
+from genrec_lightning.semantic_ids import NUM_SPECIAL_TOKENS, PAD, prefix_groups
 
 
 def prefix_dispersions(codes: Tensor, embeddings: Tensor) -> Tensor:
@@ -23,16 +23,10 @@ def prefix_dispersions(codes: Tensor, embeddings: Tensor) -> Tensor:
     if codes.shape[0] != embeddings.shape[0]:
         raise ValueError(f"{codes.shape[0]} ID rows but {embeddings.shape[0]} item embeddings")
     x = embeddings.double()
-    n, levels = codes.shape
     out = []
-    for k in range(levels + 1):
-        if k == 0:
-            group = torch.zeros(n, dtype=torch.long)
-        else:
-            group = torch.unique(codes[:, :k], dim=0, return_inverse=True)[1]
-        count = torch.bincount(group).double()
+    for group, count in prefix_groups(codes):
         sums = torch.zeros(len(count), x.shape[1], dtype=x.dtype).index_add_(0, group, x)
-        centroid = sums / count[:, None]
+        centroid = sums / count[:, None].double()
         out.append(((x - centroid[group]) ** 2).sum(1).mean())
     return torch.stack(out)
 

@@ -99,7 +99,7 @@ class RecommenderModule(L.LightningModule):
 
     def _build_test_diagnostics(self, data: Any) -> None:
         frequencies = data.item_frequencies().float()
-        test_items = data.split("test").items[data.split("test").targets].unique()
+        test_items = data.split("test").target_items.unique()
         groups = popularity_groups(frequencies, self.head_fraction, reference_items=test_items)
         diagnostics: dict[str, torch.nn.Module] = {
             "groups": GroupedRankingMetrics(groups, ("head", "tail"), self.metric_ks, prefix="test/"),
@@ -164,11 +164,6 @@ class RecommenderModule(L.LightningModule):
             warnings.filterwarnings("ignore", message=".*sync_dist.*")
             for name, value in values.items():
                 self.log(name, value, prog_bar=name in progress, sync_dist=True)
-
-    @staticmethod
-    def check_history(history: Tensor, max_history: int) -> Tensor:
-        """The most recent `max_history` items of each history (a longer window is truncated)."""
-        return history[:, -max_history:] if history.shape[1] > max_history else history
 
 
 __all__ = ["DATA_KEY", "RecommenderModule"]
