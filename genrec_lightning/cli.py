@@ -17,6 +17,7 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -29,6 +30,7 @@ from genrec_lightning import __version__
 # Importing the callbacks and datamodules also makes their short names resolvable
 # (`--trainer.callbacks+=TopKWriter`, `--data MovieLensDataModule`).
 from genrec_lightning import callbacks as _callbacks  # noqa: F401
+from genrec_lightning.artifacts import atomic_file
 from genrec_lightning.data.datamodules import ItemEmbeddingDataModule, SequenceDataModule
 
 #: Sizes that flow from the datamodule to the model after instantiation (`link_arguments`).
@@ -115,7 +117,24 @@ class GenRecCLI(LightningCLI):
             return
         callback = self.trainer.checkpoint_callback
         best = getattr(callback, "best_model_path", "") if callback is not None else ""
-        self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path="best" if best else None)
+        ckpt = "best" if best else None
+        results = self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=ckpt)
+        self._write_test_metrics(results, best)
+
+    def after_test(self) -> None:
+        from genrec_lightning.modules.base import RecommenderModule
+
+        if isinstance(self.model, RecommenderModule) and not self.trainer.fast_dev_run:
+            metrics = {k: float(v) for k, v in self.trainer.callback_metrics.items() if k.startswith("test/")}
+            self._write_test_metrics([metrics], self.config.test.get("ckpt_path") or "")
+
+    def _write_test_metrics(self, results: list[dict[str, float]], checkpoint: str) -> None:
+        """`<log dir>/test_metrics.json`: the test numbers in a file scripts can read (rank 0)."""
+        if not self.trainer.is_global_zero or not results or self.trainer.log_dir is None:
+            return
+        payload = {"checkpoint": str(checkpoint), "metrics": {k: float(v) for k, v in results[0].items()}}
+        with atomic_file(Path(self.trainer.log_dir) / "test_metrics.json") as tmp:
+            tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
 
     def before_predict(self) -> None:
         # `genrec predict` writes the ranked lists to a file unless a writer is configured.
