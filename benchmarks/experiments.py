@@ -224,7 +224,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if not args.report_only:
         if not args.row:
             parser.error("give at least one --row NAME=config.yaml (or --report-only)")
-        jobs = [(row, seed) for row in args.row for seed in args.seeds]
+        jobs = [(row, seed) for seed in args.seeds for row in args.row]  # every row gets seed 0 first
         failures: list[str] = []
         with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
             futures = [
