@@ -44,10 +44,11 @@ def test_curriculum_starts_without_frequency_and_ends_with_it() -> None:
 def test_objective_is_the_alpha_weighted_sum_of_token_losses() -> None:
     loss = prepared(decay=1e-3)
     logits, labels = batch()
-    total, terms = loss(logits, labels, step=700)
+    loss.set_step(700)
+    total, terms = loss(logits, labels)
     alphas = loss.alphas(700)
     parts = [
-        token_cross_entropy(logits, labels, objective.token_weights(labels, 700))
+        token_cross_entropy(logits, labels, objective.token_weights(labels))
         for objective in loss.objectives.values()
     ]
     assert total.item() == pytest.approx(
@@ -62,10 +63,11 @@ def test_objective_is_the_alpha_weighted_sum_of_token_losses() -> None:
 def test_literal_form_scales_the_logits_and_lambdas_learn() -> None:
     loss = prepared(decay=1e-3, scale_logits=True)
     logits, labels = batch()
-    total, _ = loss(logits, labels, step=300)
+    loss.set_step(300)
+    total, _ = loss(logits, labels)
     alphas = loss.alphas(300)
     expected = sum(
-        token_cross_entropy(logits * alphas[j], labels, objective.token_weights(labels, 300))
+        token_cross_entropy(logits * alphas[j], labels, objective.token_weights(labels))
         for j, objective in enumerate(loss.objectives.values())
     )
     assert total.item() == pytest.approx(expected.item(), rel=1e-6)
@@ -99,6 +101,10 @@ def test_resumed_run_continues_the_curriculum_and_logs_weights(
     }
     cfg["trainer"].update(max_steps=4, limit_train_batches=8, max_epochs=2)
     cfg["trainer"]["callbacks"][0]["init_args"]["every_n_train_steps"] = 4
+    # Only the logging interval is configured: the CurriculumScheduler is added by the model.
+    cfg["trainer"]["callbacks"].append(
+        {"class_path": "genrec_lightning.callbacks.ObjectiveWeights", "init_args": {"every_n_steps": 1}}
+    )
     config.write_text(yaml.safe_dump(cfg))
     first = GenRecCLI(args=["fit", "--config", str(config), "--test_after_fit", "false"])
     assert first.trainer.global_step == 4
@@ -108,8 +114,8 @@ def test_resumed_run_continues_the_curriculum_and_logs_weights(
     factors = []
     for run in sorted((tmp_path / "runs" / "tiger").glob("version_*")):
         tags = scalars(run)
-        for tag in ("train/objectives/alpha_fr", "train/objectives/lambda_or", "train/objectives/loss_fr"):
+        for tag in ("objectives/alpha_fr", "objectives/lambda_or", "objectives/loss_fr"):
             assert tag in tags, f"{tag} not logged in {run.name}"
-        factors += [value for _, value in tags["train/curriculum/factor"]]
+        factors += [value for _, value in tags["curriculum/factor"]]
     expected = [math.exp(-0.1 * s) for s in range(8)]
     assert factors == pytest.approx(expected, rel=1e-5)  # steps 0..3, then 4..7 after resuming

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 from typing import Any
 
@@ -182,6 +183,13 @@ def test_fit_selects_by_ndcg_then_tests_and_predicts(tmp_path: Path, data: dict[
     # `genrec test` on the checkpoint reproduces the test numbers logged after fit.
     tested = GenRecCLI(args=["test", "--config", str(config), "--ckpt_path", best])
     assert tested.trainer.callback_metrics["test/ndcg@10"].item() == pytest.approx(tags["test/ndcg@10"][0][1])
+    # Both runs leave the numbers in a file for scripts (benchmarks/experiments.py reads it).
+    written_metrics = sorted((tmp_path / "runs" / "tiger").glob("version_*/test_metrics.json"))
+    assert len(written_metrics) == 2
+    for file in written_metrics:
+        saved = json.loads(file.read_text())
+        assert saved["metrics"]["test/ndcg@10"] == pytest.approx(tags["test/ndcg@10"][0][1])
+        assert saved["checkpoint"].endswith(".ckpt") or saved["checkpoint"] == "best"
 
     # `genrec predict` writes the ranked lists next to its logs unless a writer is configured.
     main(["predict", "--config", str(config), "--ckpt_path", best])

@@ -94,7 +94,7 @@ def test_frequency_weights_equal_the_closed_form_over_training_targets() -> None
             counts[level, code] += 1
     labels = ids.tokens(torch.tensor([0, 3, 7, 6]))
     labels[1, 2] = PAD
-    weights = rule.token_weights(labels, step=0)
+    weights = rule.token_weights(labels)
     for b, item in enumerate([0, 3, 7, 6]):
         raw = []
         for level, code in enumerate(CODES[item].tolist()):
@@ -128,9 +128,9 @@ def test_effective_number_and_bad_arguments() -> None:
     with pytest.raises(ValueError, match="beta"):
         Frequency(beta=1.0)
     with pytest.raises(RuntimeError, match="prepare"):
-        Frequency().token_weights(torch.ones(2, 3, dtype=torch.long) + 3, 0)
+        Frequency().token_weights(torch.ones(2, 3, dtype=torch.long) + 3)
     with pytest.raises(RuntimeError, match="prepare"):
-        FrontGreater().token_weights(torch.ones(2, 3, dtype=torch.long) + 3, 0)
+        FrontGreater().token_weights(torch.ones(2, 3, dtype=torch.long) + 3)
 
 
 def test_uniform_weights_equal_torch_cross_entropy() -> None:

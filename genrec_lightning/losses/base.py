@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -57,20 +57,51 @@ class LossContext:
 class TokenLoss(nn.Module):
     """A training objective over the decoder's token logits.
 
-    Subclasses override `token_weights` (a weighting rule) or `forward` (several objectives).
-    `forward` returns the loss and a dict of scalars to log under `train/` (e.g. objective weights).
+    A weighting rule overrides `token_weights` (and `logit_scale` for a temperature); objectives
+    that combine several rules or need another forward pass override `forward`. `forward` returns
+    the loss and a dict of scalars for the `ObjectiveWeights` callback (objective weights, terms).
+
+    Schedules read `self.step` (the optimiser step, `trainer.global_step`) and `self.total_steps`
+    (the run's length), which the `CurriculumScheduler` callback sets before every training batch;
+    classes that read them set `uses_step = True` so the recommender adds that callback itself.
     """
+
+    #: Whether the loss reads `step`/`total_steps` (then a `CurriculumScheduler` must drive it).
+    uses_step: bool = False
+    #: Whether `forward` needs `counterfactual_logits` (the decoder's logits with an empty history).
+    needs_counterfactual: ClassVar[bool] = False
+    step: int = 0
+    total_steps: int | None = None
 
     def prepare(self, context: LossContext) -> None:
         """Compute data-dependent state (e.g. per-level weights) once, before training."""
 
-    def token_weights(self, labels: Tensor, step: int) -> Tensor | None:
-        """[B, T] weight per target token, or None for uniform weights."""
+    def set_step(self, step: int, total_steps: int | None = None) -> None:
+        """Set the optimiser step (and run length) on this loss and every token loss inside it."""
+        for module in self.modules():
+            if isinstance(module, TokenLoss):
+                module.step = int(step)
+                module.total_steps = total_steps
+
+    @property
+    def logit_scale(self) -> float:
+        """Factor on the logits before the softmax (1 / temperature); 1 for plain weighting rules."""
+        return 1.0
+
+    def token_weights(self, labels: Tensor, items: Tensor | None = None) -> Tensor | None:
+        """[B, T] weight per target token of target `items` [B], or None for uniform weights."""
         return None
 
-    def forward(self, logits: Tensor, labels: Tensor, step: int = 0) -> tuple[Tensor, dict[str, Tensor]]:
-        loss = token_cross_entropy(logits, labels, self.token_weights(labels, step))
-        return loss, {}
+    def forward(
+        self,
+        logits: Tensor,
+        labels: Tensor,
+        items: Tensor | None = None,
+        counterfactual_logits: Tensor | None = None,
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        scale = self.logit_scale
+        scaled = logits if scale == 1.0 else logits * scale
+        return token_cross_entropy(scaled, labels, self.token_weights(labels, items)), {}
 
 
 class CrossEntropyTokenLoss(TokenLoss):

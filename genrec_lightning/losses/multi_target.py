@@ -24,6 +24,9 @@ from genrec_lightning.losses.weighting import Frequency, FrontGreater
 class MultiTargetCurriculum(TokenLoss):
     """Learnable objective weights with an exp(-c t) curriculum.
 
+    t is `self.step`, the optimiser step set by the `CurriculumScheduler` callback (restored with
+    `trainer.global_step` on resume); the lambdas are parameters, so checkpoints carry them.
+
     Args:
         objectives: name -> token loss; default {"fg": FrontGreater(), "fr": Frequency(), "or": plain CE}.
         rising: objectives whose weight grows as 1 - exp(-c t); all others decay as exp(-c t).
@@ -51,11 +54,18 @@ class MultiTargetCurriculum(TokenLoss):
             raise ValueError(f"rising objectives {sorted(unknown)} are not among {sorted(objectives)}")
         if decay < 0:
             raise ValueError(f"decay must be >= 0, got {decay}")
+        for name, objective in objectives.items():
+            if objective.needs_counterfactual or type(objective).forward is not TokenLoss.forward:
+                raise ValueError(
+                    f"objective {name!r} ({type(objective).__name__}) is not a token weighting rule; "
+                    "MultiTargetCurriculum mixes rules that only weight tokens or scale logits"
+                )
         self.objectives = nn.ModuleDict(dict(objectives))
         self.rising = tuple(rising)
         self.decay = decay
         self.curriculum = curriculum
         self.scale_logits = scale_logits
+        self.uses_step = curriculum
         # lambda_j = softplus(raw_j) > 0, starting at 1 for every objective.
         start = math.log(math.expm1(1.0))
         self.raw_lambdas = nn.Parameter(torch.full((len(objectives),), start))
@@ -80,17 +90,24 @@ class MultiTargetCurriculum(TokenLoss):
         scaled = self.lambdas * self.schedule(step).to(self.raw_lambdas.device)
         return scaled / scaled.sum().clamp_min(1e-12)
 
-    def forward(self, logits: Tensor, labels: Tensor, step: int = 0) -> tuple[Tensor, dict[str, Tensor]]:
-        alphas = self.alphas(step)
-        terms: dict[str, Tensor] = {"curriculum/factor": torch.tensor(math.exp(-self.decay * step))}
+    def forward(
+        self,
+        logits: Tensor,
+        labels: Tensor,
+        items: Tensor | None = None,
+        counterfactual_logits: Tensor | None = None,
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        alphas = self.alphas(self.step)
+        terms: dict[str, Tensor] = {"curriculum/factor": torch.tensor(math.exp(-self.decay * self.step))}
         total = logits.new_zeros((), dtype=torch.float32)
         for j, (name, objective) in enumerate(self.objectives.items()):
-            weights = objective.token_weights(labels, step)
+            weights = objective.token_weights(labels, items)
+            scale = objective.logit_scale
             if self.scale_logits:
-                loss_j = token_cross_entropy(logits * alphas[j], labels, weights)
+                loss_j = token_cross_entropy(logits * (alphas[j] * scale), labels, weights)
                 total = total + loss_j
             else:
-                loss_j = token_cross_entropy(logits, labels, weights)
+                loss_j = token_cross_entropy(logits if scale == 1.0 else logits * scale, labels, weights)
                 total = total + alphas[j] * loss_j
             terms[f"objectives/loss_{name}"] = loss_j.detach()
             terms[f"objectives/lambda_{name}"] = self.lambdas[j].detach()
@@ -98,4 +115,71 @@ class MultiTargetCurriculum(TokenLoss):
         return total, terms
 
 
-__all__ = ["MultiTargetCurriculum"]
+class LinearSchedule(TokenLoss):
+    """Hand-scheduled mixture (Table 4's first two ablation rows): linear hand-over between objectives.
+
+    The objectives are visited in order over the run: with K objectives, training is cut into
+    K - 1 equal phases and in phase i the loss moves linearly from objective i to objective i + 1.
+    {"fg": FrontGreater, "or": CE} is "Front-Greater, linearly back to cross-entropy";
+    {"fg", "or", "fr"} is "Front-Greater -> cross-entropy -> Frequency".
+
+    Args:
+        objectives: name -> token loss, in schedule order (at least two).
+        total_steps: length of the schedule in optimiser steps; by default the run's
+            `trainer.estimated_stepping_batches` (set by the `CurriculumScheduler` callback).
+    """
+
+    uses_step = True
+
+    def __init__(self, objectives: Mapping[str, TokenLoss], total_steps: int | None = None) -> None:
+        super().__init__()
+        if len(objectives) < 2:
+            raise ValueError(f"LinearSchedule needs at least two objectives, got {list(objectives)}")
+        if total_steps is not None and total_steps < 1:
+            raise ValueError(f"total_steps must be >= 1, got {total_steps}")
+        for name, objective in objectives.items():
+            if objective.needs_counterfactual:
+                raise ValueError(f"objective {name!r} needs a counterfactual pass; use it on its own")
+        self.objectives = nn.ModuleDict(dict(objectives))
+        self.schedule_steps = total_steps
+
+    def prepare(self, context: LossContext) -> None:
+        for objective in self.objectives.values():
+            objective.prepare(context)
+
+    def coefficients(self, step: int, total_steps: int) -> Tensor:
+        """[K] mixing weights at `step` (two neighbours are non-zero, summing to 1)."""
+        phases = len(self.objectives) - 1
+        position = min(max(step / total_steps, 0.0), 1.0) * phases
+        i = min(int(position), phases - 1)
+        out = torch.zeros(len(self.objectives))
+        out[i], out[i + 1] = 1.0 - (position - i), position - i
+        return out
+
+    def forward(
+        self,
+        logits: Tensor,
+        labels: Tensor,
+        items: Tensor | None = None,
+        counterfactual_logits: Tensor | None = None,
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        total_steps = self.schedule_steps or self.total_steps
+        if not total_steps or not math.isfinite(total_steps):
+            raise RuntimeError(
+                "LinearSchedule needs the run length: train through GenerativeRecommender (its "
+                "CurriculumScheduler callback supplies it; set trainer.max_steps or max_epochs) or "
+                "pass total_steps"
+            )
+        coefficients = self.coefficients(self.step, int(total_steps))
+        total = logits.new_zeros((), dtype=torch.float32)
+        terms: dict[str, Tensor] = {"curriculum/progress": torch.tensor(min(self.step / total_steps, 1.0))}
+        for j, (name, objective) in enumerate(self.objectives.items()):
+            terms[f"objectives/alpha_{name}"] = coefficients[j]
+            if coefficients[j] > 0:
+                loss_j, _ = objective(logits, labels, items)
+                total = total + coefficients[j] * loss_j
+                terms[f"objectives/loss_{name}"] = loss_j.detach()
+        return total, terms
+
+
+__all__ = ["LinearSchedule", "MultiTargetCurriculum"]

@@ -11,15 +11,18 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import lightning.pytorch as L
 import torch
 from torch import Tensor
 
+from genrec_lightning.callbacks.objectives import CurriculumScheduler, ObjectiveWeights, token_losses
 from genrec_lightning.generation import Ranking, beam_search, exact_ranking, exact_scores
 from genrec_lightning.losses import CrossEntropyTokenLoss, LossContext, TokenLoss
 from genrec_lightning.modules.base import RecommenderModule
 from genrec_lightning.networks.t5 import T5Recommender
 from genrec_lightning.optim import adamw_warmup_cosine, decay_groups
 from genrec_lightning.semantic_ids import (
+    EOS,
     NUM_SPECIAL_TOKENS,
     PAD,
     ArtifactMismatchError,
@@ -98,6 +101,8 @@ class GenerativeRecommender(RecommenderModule):
         self._warned_truncation = False
         # Whether the table holds real IDs, tracked on the host so steps never sync to check it.
         self._has_ids = False
+        #: Scalars the loss reported on the last training batch (logged by `ObjectiveWeights`).
+        self.loss_terms: dict[str, Tensor] = {}
         self.register_load_state_dict_post_hook(lambda module, _: module._refresh_ids())
 
     def _refresh_ids(self) -> None:
@@ -176,17 +181,37 @@ class GenerativeRecommender(RecommenderModule):
         """Target token ids [B, L] of items [B]."""
         return self.item_codes()[items] + self.token_offsets
 
+    def empty_history_inputs(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """Encoder inputs with the history removed (EOS only, after the user token if any): CFT's pass."""
+        size = len(batch["target"])
+        tokens = torch.full((size, 1), EOS, dtype=torch.long, device=batch["target"].device)
+        if self.network.num_user_buckets:
+            tokens = torch.cat([self.network.user_tokens(batch["user"]).unsqueeze(1), tokens], dim=1)
+        return tokens, torch.ones_like(tokens)
+
     # ----------------------------------------------------------------- training
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         input_ids, attention = self.encoder_inputs(batch)
         labels = self.labels(batch["target"])
-        logits = self.network(input_ids, attention, T5Recommender.shift_right(labels))
-        loss, terms = self.loss(logits, labels, step=self.global_step)
-        batch_size = len(labels)
-        self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
-        for name, value in terms.items():
-            self.log(f"train/{name}", value, batch_size=batch_size)
+        decoder_inputs = T5Recommender.shift_right(labels)
+        logits = self.network(input_ids, attention, decoder_inputs)
+        counterfactual = None
+        if self.loss.needs_counterfactual:
+            counterfactual = self.network(*self.empty_history_inputs(batch), decoder_inputs)
+        loss, self.loss_terms = self.loss(logits, labels, batch["target"], counterfactual)
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(labels))
         return loss
+
+    def configure_callbacks(self) -> list[L.Callback]:
+        # A curriculum without its step, or a multi-objective loss without its curves, would be a
+        # silent misconfiguration: add the callbacks the loss needs unless the trainer has them.
+        present = self.trainer.callbacks if self._trainer is not None else []
+        wanted: list[L.Callback] = []
+        if any(loss.uses_step for loss in token_losses(self)):
+            wanted.append(CurriculumScheduler())
+        if not isinstance(self.loss, CrossEntropyTokenLoss):
+            wanted.append(ObjectiveWeights())
+        return [cb for cb in wanted if not any(isinstance(p, type(cb)) for p in present)]
 
     def configure_optimizers(self) -> dict:
         return adamw_warmup_cosine(
