@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from genrec_lightning.cli import GenRecCLI, main
 
@@ -104,3 +105,30 @@ def test_fit_links_sizes_and_logs_to_tensorboard(tmp_path: Path) -> None:
     run = tmp_path / "runs" / "genrec" / "version_0"
     assert (run / "config.yaml").is_file()
     assert list(run.glob("events.out.tfevents.*"))
+
+
+ABLATIONS = sorted(f"ablations/{p.name}" for p in (ROOT / "configs/ablations").glob("*.yaml"))
+TOKEN_LOSS_CONFIGS = [
+    "tiger_curriculum.yaml",
+    *ABLATIONS,
+    *(f"baselines/{n}.yaml" for n in ("pos", "cft", "igd", "rank")),
+]
+
+
+@pytest.mark.parametrize("name", TOKEN_LOSS_CONFIGS)
+def test_token_loss_configs_change_only_the_loss(name: str) -> None:
+    """Every row of the paper's tables is configs/tiger.yaml with another loss (and, for Table 5, PQ IDs)."""
+    base = yaml.safe_load((ROOT / "configs/tiger.yaml").read_text())
+    cfg = yaml.safe_load((ROOT / "configs" / name).read_text())
+    text = (ROOT / "configs" / name).read_text()
+    assert text.startswith("# ") and f"genrec fit --config configs/{name}" in text, "header: what + command"
+    assert cfg["model"]["init_args"].pop("loss") != base["model"]["init_args"].pop("loss") or "pq_" in name
+    assert cfg["trainer"]["callbacks"][: len(base["trainer"]["callbacks"])] == base["trainer"]["callbacks"]
+    for c in (cfg, base):
+        c["trainer"]["logger"]["init_args"].pop("name")
+        c["trainer"].pop("callbacks")
+        tokenizer = c["data"]["init_args"].pop("tokenizer")
+        assert tokenizer == (
+            "configs/tokenizers/pqkmeans.yaml" if c is cfg and "pq_" in name else "configs/rqvae.yaml"
+        )
+    assert cfg == base
