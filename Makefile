@@ -24,13 +24,14 @@ $(STAMP): $(PY) pyproject.toml constraints.txt
 
 install: $(STAMP)
 
-# The headline on a CPU: data -> embeddings -> RQ-VAE IDs -> TIGER (CPU preset) -> test metrics,
+# The headline on a CPU: data -> embeddings -> RQ-VAE IDs -> TIGER with the token-weighted
+# multi-target curriculum (CPU preset) -> test metrics,
 # with the most-popular baseline on the same split for comparison.
 demo: install
 	$(VENV)/bin/genrec prepare --config configs/data/ml100k.yaml
 	$(VENV)/bin/genrec tokenize --config configs/rqvae.yaml
 	$(VENV)/bin/genrec test --config configs/baselines/most_popular.yaml
-	$(VENV)/bin/genrec fit --config configs/tiger.yaml --config configs/presets/cpu.yaml
+	$(VENV)/bin/genrec fit --config configs/tiger_curriculum.yaml --config configs/presets/cpu.yaml
 
 test: install
 	$(VENV)/bin/ruff check genrec_lightning tests benchmarks

@@ -5,7 +5,8 @@ all rows). Each (row, seed) trains in its own log directory, `<runs>/<row>/seed<
 `result.json` (test metrics, wall time, command); finished runs are skipped, so an interrupted
 sweep resumes where it stopped and rows can be added later. The report is Markdown: the main table
 (Hit/NDCG@5/10 = the token-weighting paper's Tables 3-5), head/tail (Figure 3) and prefix match
-(Table 6), each mean ± sample standard deviation over the seeds that finished.
+(Table 6), each mean ± sample standard deviation over the seeds that finished. Text below the
+line `<!-- notes: ... -->` of an existing report survives a rewrite, so analysis can live there.
 
     python benchmarks/experiments.py \\
         --row "TIGER=configs/tiger.yaml" --row "+Curriculum=configs/tiger_curriculum.yaml" \\
@@ -36,6 +37,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 #: (column title, metric key) of the main table; Hit@K = Recall@K with one target per user.
+#: Text from this line on in an existing report is kept when the tables are rewritten (analysis).
+NOTES_MARKER = "<!-- notes: kept when the tables are regenerated -->"
+
 MAIN_COLUMNS = (("Hit@5", "test/recall@5"), ("NDCG@5", "test/ndcg@5"),
                 ("Hit@10", "test/recall@10"), ("NDCG@10", "test/ndcg@10"))  # fmt: skip
 
@@ -245,6 +249,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     text = report(rows, args.title, args.baseline or (args.row[0].name if args.row else None))
     if args.report:
         args.report.parent.mkdir(parents=True, exist_ok=True)
+        old = args.report.read_text() if args.report.is_file() else ""
+        if NOTES_MARKER in old:
+            text += "\n" + old[old.index(NOTES_MARKER) :]
         args.report.write_text(text)
         print(f"wrote {args.report}")
     else:
