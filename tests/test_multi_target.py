@@ -39,6 +39,7 @@ def test_curriculum_starts_without_frequency_and_ends_with_it() -> None:
     assert middle.tolist() == pytest.approx([1 / 3] * 3, rel=1e-4)
     flat = prepared(curriculum=False)
     assert flat.alphas(0).tolist() == pytest.approx([1 / 3] * 3) == flat.alphas(10**9).tolist()
+    assert "curriculum/factor" not in flat(*batch())[1] and not flat.uses_step and loss.uses_step
 
 
 def test_objective_is_the_alpha_weighted_sum_of_token_losses() -> None:

@@ -98,7 +98,9 @@ class MultiTargetCurriculum(TokenLoss):
         counterfactual_logits: Tensor | None = None,
     ) -> tuple[Tensor, dict[str, Tensor]]:
         alphas = self.alphas(self.step)
-        terms: dict[str, Tensor] = {"curriculum/factor": torch.tensor(math.exp(-self.decay * self.step))}
+        terms: dict[str, Tensor] = {}
+        if self.curriculum:
+            terms["curriculum/factor"] = torch.tensor(math.exp(-self.decay * self.step))
         total = logits.new_zeros((), dtype=torch.float32)
         for j, (name, objective) in enumerate(self.objectives.items()):
             weights = objective.token_weights(labels, items)
@@ -125,8 +127,9 @@ class LinearSchedule(TokenLoss):
 
     Args:
         objectives: name -> token loss, in schedule order (at least two).
-        total_steps: length of the schedule in optimiser steps; by default the run's
-            `trainer.estimated_stepping_batches` (set by the `CurriculumScheduler` callback).
+        total_steps: length of the schedule in optimiser steps; by default the run's planned
+            length `trainer.estimated_stepping_batches` (set by the `CurriculumScheduler`
+            callback), so a run that early stopping ends sooner stops part-way along it.
     """
 
     uses_step = True
