@@ -154,6 +154,19 @@ def table(rows: dict[str, list[dict]], columns: Sequence[tuple[str, str]], with_
     return "\n".join(lines)
 
 
+def per_seed_table(rows: dict[str, list[dict]]) -> str:
+    seeds = sorted({r["seed"] for records in rows.values() for r in records})
+    lines = ["| Model | " + " | ".join(f"seed {s}" for s in seeds) + " |", "|" + "---|" * (len(seeds) + 1)]
+    for name, records in rows.items():
+        by_seed = {r["seed"]: r["metrics"] for r in records}
+        cells = [
+            f"{by_seed[s]['test/recall@10']:.4f} / {by_seed[s]['test/ndcg@10']:.4f}" if s in by_seed else "–"
+            for s in seeds
+        ]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def relative_table(rows: dict[str, list[dict]], baseline: str) -> str:
     """Change of each row's mean against the baseline row's mean, in %."""
     if baseline not in rows:
@@ -172,6 +185,21 @@ def relative_table(rows: dict[str, list[dict]], baseline: str) -> str:
     return "\n".join(lines)
 
 
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def threads_used(rows: dict[str, list[dict]]) -> str:
+    used = sorted({r.get("threads", 0) for records in rows.values() for r in records})
+    return ", ".join("torch default" if t == 0 else str(t) for t in used) or "–"
+
+
 def report(rows: dict[str, list[dict]], title: str, baseline: str | None) -> str:
     levels = sorted({int(m.group(1)) for recs in rows.values() for r in recs
                      for k in r["metrics"] if (m := re.match(r"test/prefix(\d+)/", k))})  # fmt: skip
@@ -179,11 +207,12 @@ def report(rows: dict[str, list[dict]], title: str, baseline: str | None) -> str
                   (("Hit@10", "recall@10"), ("NDCG@10", "ndcg@10"))]  # fmt: skip
     prefix_cols = [(f"prefix-{lv} NDCG@5", f"test/prefix{lv}/ndcg@5") for lv in levels]
     extra_cols = [("coverage@10", "test/coverage@10"), ("Hit@20", "test/recall@20")]
-    extra_cols.append(("NDCG@20", "test/ndcg@20"))
+    extra_cols += [("NDCG@20", "test/ndcg@20"), ("mean popularity of top-10", "test/avg_popularity@10")]
     parts = [
         f"# {title}",
         "",
-        f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}. "
+        f"Machine: {cpu_model()} ({platform.machine()}), {os.cpu_count()} CPU cores, "
+        f"Python {platform.python_version()}; CPU threads per run: {threads_used(rows)}. "
         "Values are mean ± sample standard deviation over the seeds listed; wall time includes data "
         "loading, validation and the final test.",
         "",
@@ -199,6 +228,7 @@ def report(rows: dict[str, list[dict]], title: str, baseline: str | None) -> str
         title_line = "## Prefix match (a hit when the first k ID tokens match)"
         parts += ["", title_line, "", table(rows, prefix_cols)]
     parts += ["", "## Other cutoffs and coverage", "", table(rows, extra_cols), ""]
+    parts += ["## Per seed (Hit@10 / NDCG@10)", "", per_seed_table(rows), ""]
     parts += ["## Commands", ""]
     for name, records in rows.items():
         first = min(records, key=lambda r: r["seed"])
