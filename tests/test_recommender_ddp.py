@@ -64,3 +64,29 @@ def test_ddp_predict_writes_one_complete_file(tmp_path: Path, data: dict[str, An
     assert merged.drop("score").equals(single.drop("score"))
     assert (merged["score"] - single["score"]).abs().max() < 1e-5
     assert not list(tmp_path.glob(".two.parquet.part*"))  # parts cleaned up
+
+
+def test_ddp_fit_logs_the_curriculum_once_per_step(tmp_path: Path, data: dict[str, Any]) -> None:  # noqa: F811
+    """Both ranks follow the same curriculum step; ObjectiveWeights averages the ranks' terms."""
+    import math
+
+    config = tiny_experiment(tmp_path, data)
+    cfg = yaml.safe_load(config.read_text())
+    cfg["model"]["init_args"]["loss"] = {"class_path": "genrec_lightning.losses.MultiTargetCurriculum",
+                                         "init_args": {"decay": 0.1}}  # fmt: skip
+    cfg["trainer"].update(max_steps=3, limit_val_batches=1)
+    cfg["trainer"]["callbacks"].append(
+        {"class_path": "genrec_lightning.callbacks.ObjectiveWeights", "init_args": {"every_n_steps": 1}}
+    )
+    config.write_text(yaml.safe_dump(cfg))
+    genrec("fit", config, "--trainer.devices", "2", "--trainer.strategy", "ddp",
+           "--trainer.accelerator", "cpu", "--test_after_fit", "false")  # fmt: skip
+    runs = list((tmp_path / "runs" / "tiger").glob("version_*"))
+    assert len(runs) == 1  # rank 0 alone writes TensorBoard
+    tags = scalars(runs[0])
+    assert [step for step, _ in tags["objectives/alpha_fr"]] == [0, 1, 2]
+    factors = [value for _, value in tags["curriculum/factor"]]
+    assert factors == pytest.approx([math.exp(-0.1 * s) for s in range(3)], rel=1e-5)
+    for (_, fg), (_, fr), (_, o) in zip(tags["objectives/alpha_fg"], tags["objectives/alpha_fr"],
+                                        tags["objectives/alpha_or"], strict=True):  # fmt: skip
+        assert fg + fr + o == pytest.approx(1.0, abs=1e-5)
