@@ -21,7 +21,22 @@ from genrec_lightning.losses.base import CrossEntropyTokenLoss, LossContext, Tok
 from genrec_lightning.losses.weighting import Frequency, FrontGreater
 
 
-class MultiTargetCurriculum(TokenLoss):
+class ObjectiveMixture(TokenLoss):
+    """Several named token objectives prepared together and mixed by the subclass's weights."""
+
+    def __init__(self, objectives: Mapping[str, TokenLoss]) -> None:
+        super().__init__()
+        for name, objective in objectives.items():
+            if objective.needs_counterfactual:
+                raise ValueError(f"objective {name!r} needs a counterfactual pass; use it on its own")
+        self.objectives = nn.ModuleDict(dict(objectives))
+
+    def prepare(self, context: LossContext) -> None:
+        for objective in self.objectives.values():
+            objective.prepare(context)
+
+
+class MultiTargetCurriculum(ObjectiveMixture):
     """Learnable objective weights with an exp(-c t) curriculum.
 
     t is `self.step`, the optimiser step set by the `CurriculumScheduler` callback (restored with
@@ -44,7 +59,6 @@ class MultiTargetCurriculum(TokenLoss):
         curriculum: bool = True,
         scale_logits: bool = False,
     ) -> None:
-        super().__init__()
         if objectives is None:
             objectives = {"fg": FrontGreater(), "fr": Frequency(), "or": CrossEntropyTokenLoss()}
         if not objectives:
@@ -60,7 +74,7 @@ class MultiTargetCurriculum(TokenLoss):
                     f"objective {name!r} ({type(objective).__name__}) is not a token weighting rule; "
                     "MultiTargetCurriculum mixes rules that only weight tokens or scale logits"
                 )
-        self.objectives = nn.ModuleDict(dict(objectives))
+        super().__init__(objectives)
         self.rising = tuple(rising)
         self.decay = decay
         self.curriculum = curriculum
@@ -69,10 +83,6 @@ class MultiTargetCurriculum(TokenLoss):
         # lambda_j = softplus(raw_j) > 0, starting at 1 for every objective.
         start = math.log(math.expm1(1.0))
         self.raw_lambdas = nn.Parameter(torch.full((len(objectives),), start))
-
-    def prepare(self, context: LossContext) -> None:
-        for objective in self.objectives.values():
-            objective.prepare(context)
 
     @property
     def lambdas(self) -> Tensor:
@@ -117,7 +127,7 @@ class MultiTargetCurriculum(TokenLoss):
         return total, terms
 
 
-class LinearSchedule(TokenLoss):
+class LinearSchedule(ObjectiveMixture):
     """Hand-scheduled mixture (Table 4's first two ablation rows): linear hand-over between objectives.
 
     The objectives are visited in order over the run: with K objectives, training is cut into
@@ -135,20 +145,12 @@ class LinearSchedule(TokenLoss):
     uses_step = True
 
     def __init__(self, objectives: Mapping[str, TokenLoss], total_steps: int | None = None) -> None:
-        super().__init__()
         if len(objectives) < 2:
             raise ValueError(f"LinearSchedule needs at least two objectives, got {list(objectives)}")
         if total_steps is not None and total_steps < 1:
             raise ValueError(f"total_steps must be >= 1, got {total_steps}")
-        for name, objective in objectives.items():
-            if objective.needs_counterfactual:
-                raise ValueError(f"objective {name!r} needs a counterfactual pass; use it on its own")
-        self.objectives = nn.ModuleDict(dict(objectives))
+        super().__init__(objectives)
         self.schedule_steps = total_steps
-
-    def prepare(self, context: LossContext) -> None:
-        for objective in self.objectives.values():
-            objective.prepare(context)
 
     def coefficients(self, step: int, total_steps: int) -> Tensor:
         """[K] mixing weights at `step` (two neighbours are non-zero, summing to 1)."""
@@ -185,4 +187,4 @@ class LinearSchedule(TokenLoss):
         return total, terms
 
 
-__all__ = ["LinearSchedule", "MultiTargetCurriculum"]
+__all__ = ["LinearSchedule", "MultiTargetCurriculum", "ObjectiveMixture"]
