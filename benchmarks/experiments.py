@@ -232,7 +232,8 @@ def report(rows: dict[str, list[dict]], title: str, baseline: str | None) -> str
     parts += ["## Commands", ""]
     for name, records in rows.items():
         first = min(records, key=lambda r: r["seed"])
-        parts.append(f"- {name}: `{first['command']}` (seeds {sorted(r['seed'] for r in records)})")
+        command = first["command"].replace(f"{Path.cwd()}/", "")  # paths relative to the checkout
+        parts.append(f"- {name}: `{command}` (seeds {sorted(r['seed'] for r in records)})")
     return "\n".join(parts) + "\n"
 
 
