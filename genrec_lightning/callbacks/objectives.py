@@ -38,8 +38,7 @@ class CurriculumScheduler(L.Callback):
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
     ) -> None:
         for loss in token_losses(pl_module):
-            loss.step = trainer.global_step
-            loss.total_steps = self._total
+            loss.set_step(trainer.global_step, self._total)
 
 
 class ObjectiveWeights(L.Callback):
