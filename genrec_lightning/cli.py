@@ -42,6 +42,8 @@ SIZE_LINKS: tuple[tuple[str, str], ...] = (
     ("data.max_history", "model.init_args.max_history"),
     ("data.embedding_dim", "model.init_args.embedding_dim"),
     ("data.codebook_sizes", "model.init_args.codebook_sizes"),
+    ("data.tokenizer_config", "model.init_args.tokenizer_config"),
+    ("data.teacher_dim", "model.init_args.teacher_dim"),
 )
 
 
@@ -99,27 +101,49 @@ class GenRecCLI(LightningCLI):
     def before_fit(self) -> None:
         # A tokenizer run from a config writes its IDs to the data cache entry of that config, the
         # one a recommender naming the same config looks up (see genrec_lightning.stages).
-        from genrec_lightning.modules.tokenizer import TokenizerModule
-        from genrec_lightning.stages import tokenizer_key
+        from genrec_lightning.modules.tokenizer import TOKENIZER_CONFIG_KEY, TokenizerModule
+        from genrec_lightning.stages import plain_config, tokenizer_key
 
         if isinstance(self.model, TokenizerModule) and isinstance(self.datamodule, ItemEmbeddingDataModule):
             data = self.datamodule.data
             self.model.artifact_dir = data.semantic_ids_dir(tokenizer_key(self.config.fit, data))
+            spec = plain_config(self.config.fit.model)
+            spec.setdefault("init_args", {})["embedding_dim"] = self.model.hparams.embedding_dim
+            self.model.artifact_meta[TOKENIZER_CONFIG_KEY] = spec
 
     def after_fit(self) -> None:
         # The headline run goes from data to test metrics in one command: test the checkpoint
         # that model selection (val/ndcg@10) chose, or the final weights without a checkpoint.
         from genrec_lightning.modules.base import RecommenderModule
 
-        if not isinstance(self.model, RecommenderModule) or not self.config.fit.get("test_after_fit", True):
-            return
-        if self.trainer.interrupted or self.trainer.fast_dev_run:
+        if (
+            not isinstance(self.model, RecommenderModule)
+            or self.trainer.interrupted
+            or self.trainer.fast_dev_run
+        ):
             return
         callback = self.trainer.checkpoint_callback
         best = getattr(callback, "best_model_path", "") if callback is not None else ""
-        ckpt = "best" if best else None
-        results = self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=ckpt)
-        self._write_test_metrics(results, best)
+        if self.config.fit.get("test_after_fit", True):
+            results = self.trainer.test(
+                self.model, datamodule=self.datamodule, ckpt_path="best" if best else None
+            )
+            self._write_test_metrics(results, best)
+        self._export_teacher()
+
+    def _export_teacher(self) -> None:
+        """A fitted SASRec (any ID model with item vectors) is also a UniGRec teacher: write its
+        best item table to the data cache entry that a `teacher:` naming the same YAML reads."""
+        from genrec_lightning.modules.baselines import SequentialRecommender
+        from genrec_lightning.stages import export_teacher, teacher_key
+
+        data = self.datamodule
+        network = getattr(self.model, "network", None)
+        if not isinstance(self.model, SequentialRecommender) or not hasattr(network, "item_vectors"):
+            return
+        if not isinstance(data, SequenceDataModule) or not self.trainer.is_global_zero:
+            return
+        export_teacher(self.model, self.trainer, data, data.teacher_dir(teacher_key(self.config.fit, data)))
 
     def after_test(self) -> None:
         from genrec_lightning.modules.base import RecommenderModule

@@ -317,7 +317,12 @@ def _rank_within_groups(group: Tensor) -> Tensor:
     return rank
 
 
-def _dedup_suffix(raw: Tensor) -> tuple[Tensor, int]:
+def dedup_suffix(raw: Tensor) -> tuple[Tensor, int]:
+    """Append a level numbering the items that share an ID (0, 1, ... in increasing item id).
+
+    Returns the [N, L+1] codes and the suffix level's size (largest group). The numbering depends
+    only on the grouping, so re-deriving IDs from unchanged codes gives the same suffixes.
+    """
     rank = _rank_within_groups(prefix_groups(raw)[-1][0])
     return torch.cat([raw, rank.unsqueeze(1)], dim=1), int(rank.max()) + 1
 
@@ -431,7 +436,7 @@ class SemanticIds:
             sizes = [int(s) for s in codebook_size]
         _check_table(raw, sizes, "raw_codes")
         if dedup == "suffix":
-            codes, extra = _dedup_suffix(raw)
+            codes, extra = dedup_suffix(raw)
             return cls(codes, [*sizes, extra], raw_codes=raw, dedup=dedup, meta=meta)
         if dedup == "reassign_last":
             return cls(
@@ -586,10 +591,17 @@ class SemanticIds:
 
     # ---------------------------------------------------------------- persistence
 
-    def save(self, directory: str | Path, meta: dict | None = None) -> Path:
+    def save(
+        self,
+        directory: str | Path,
+        meta: dict | None = None,
+        tensors: Mapping[str, dict[str, Tensor]] | None = None,
+    ) -> Path:
         """Write `codes.safetensors` + `meta.json` atomically; `meta` adds to (and overrides) `self.meta`.
 
         User meta cannot contradict what the table says about itself, so meta.json never lies.
+        `tensors` maps extra file names to state dicts written in the same atomic step (the
+        tokenizer stage stores its weights next to its IDs, for UniGRec's joint stage).
         """
         user_meta = {**self._meta, **(meta or {})}
         derived = {
@@ -612,6 +624,10 @@ class SemanticIds:
                 {"codes": self._codes.contiguous(), "raw_codes": self._raw.contiguous()},
                 str(tmp / CODES_FILE),
             )
+            for name, state in (tensors or {}).items():
+                if name in (CODES_FILE, META_FILE) or Path(name).name != name:
+                    raise ValueError(f"extra artifact file {name!r} must be a plain new file name")
+                save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(tmp / name))
             record = {
                 "format": FORMAT_VERSION,
                 "sha256": _sha256(tmp / CODES_FILE),

@@ -289,7 +289,7 @@ def test_sasrec_fit_then_test_from_checkpoint(ml100k_cache: Path, tmp_path: Path
     """`genrec fit` on the shipped YAML (5 steps, no item text encoded), then `genrec test --ckpt_path`."""
     common = [
         "--config",
-        str(ROOT / "configs/baselines/sasrec.yaml"),
+        str(ROOT / "configs/sasrec.yaml"),
         "--data.init_args.cache_dir",
         str(ml100k_cache),
         "--trainer.default_root_dir",

@@ -101,10 +101,10 @@ def test_fit_writes_the_artifact_a_recommender_reuses(
 
 
 def test_soft_run_logs_annealed_temperature_and_collision_curves(tmp_path: Path) -> None:
-    cfg = tiny_config(tmp_path, "configs/tokenizers/rqvae_soft.yaml")
+    cfg = tiny_config(tmp_path, "configs/unigrec_pretrain.yaml")
     cli = GenRecCLI(args=["fit", "--config", str(write_config(tmp_path, cfg))])
     steps = cli.trainer.global_step
-    tags = scalars(tmp_path / "runs" / "rqvae_soft" / "version_0")
+    tags = scalars(tmp_path / "runs" / "unigrec_pretrain" / "version_0")
     temperature = dict(tags["train/temperature"])
     assert temperature[0] == pytest.approx(0.01)
     for step, value in temperature.items():  # UniGRec eq. 16, from the step counter

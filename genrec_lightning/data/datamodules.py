@@ -78,6 +78,7 @@ class SequenceDataModule(L.LightningDataModule, ABC):
         eval_batch_size: int = 512,
         num_workers: int = 0,
         tokenizer: str | None = None,
+        teacher: str | None = None,
     ) -> None:
         """
         Args:
@@ -97,6 +98,9 @@ class SequenceDataModule(L.LightningDataModule, ABC):
                 `configs/rqvae.yaml`; its artifact for this dataset is reused from the cache or
                 built on first use) or a semantic-ID artifact directory. None: no IDs (ID-based
                 models such as SASRec).
+            teacher: UniGRec's collaborative teacher: a teacher config (e.g. `configs/sasrec.yaml`,
+                trained on this dataset's training split on first use, then cached) or a teacher
+                artifact directory (item embeddings + meta.json). None: no teacher.
         """
         super().__init__()
         if min(min_user_interactions, min_item_interactions) < 1 or max_history < 1:
@@ -116,6 +120,8 @@ class SequenceDataModule(L.LightningDataModule, ABC):
             list(text_fields) if text_fields is not None else list(self.reader.default_text_fields)
         )
         self.tokenizer = tokenizer
+        self.teacher = teacher
+        self._teacher_embeddings: torch.Tensor | None = None
         self._splits: dict[str, SequenceSamples] = {}
         self._sequences: pp.Sequences | None = None
         self._semantic_ids: SemanticIds | None = None
@@ -331,11 +337,59 @@ class SequenceDataModule(L.LightningDataModule, ABC):
             self._semantic_ids = semantic_ids_for(self.tokenizer, self)
         return self._semantic_ids
 
+    @property
+    def semantic_ids_path(self) -> Path:
+        """Directory of the semantic-ID artifact named by `tokenizer` (built first if missing)."""
+        if self.tokenizer is None:
+            raise AttributeError(f"{type(self).__name__} has no semantic IDs (no `tokenizer` set)")
+        from genrec_lightning.stages import semantic_ids_path
+
+        return semantic_ids_path(self.tokenizer, self)
+
+    @property
+    def tokenizer_config(self) -> dict[str, Any] | None:
+        """The TokenizerModule config that built the IDs (linked to UniGRec, which rebuilds the
+        tokenizer from it and loads its weights); None when the artifact does not record it."""
+        from genrec_lightning.modules.tokenizer import TOKENIZER_CONFIG_KEY
+
+        _ = self.semantic_ids  # builds and checks the artifact
+        meta = read_meta(self.semantic_ids_path) or {}
+        return meta.get(TOKENIZER_CONFIG_KEY)
+
+    # ---------------------------------------------------------------------------- teacher
+    def teacher_dir(self, key: str) -> Path:
+        """Cache entry of the teacher trained on this dataset by the teacher config `key`."""
+        return self.artifact_dir / "teachers" / key
+
+    @property
+    def teacher_embeddings(self) -> torch.Tensor:
+        """Teacher item embeddings [num_items, d] named by `teacher` (trained on first use, cached)."""
+        if self._teacher_embeddings is None:
+            if self.teacher is None:
+                raise ValueError(
+                    f"{type(self).__name__} has no teacher: set `teacher` to a teacher config "
+                    "(e.g. configs/sasrec.yaml) or a teacher artifact directory"
+                )
+            from genrec_lightning.stages import teacher_embeddings_for
+
+            self._teacher_embeddings = teacher_embeddings_for(self.teacher, self)
+        return self._teacher_embeddings
+
+    @property
+    def teacher_dim(self) -> int:
+        """Size of the teacher's item embeddings (linked to UniGRec; AttributeError without a teacher,
+        so the link is skipped)."""
+        if self.teacher is None:
+            raise AttributeError(f"{type(self).__name__} has no teacher (no `teacher` set)")
+        return int(self.teacher_embeddings.shape[1])
+
     # ------------------------------------------------------------------------ Lightning hooks
     def prepare_data(self) -> None:
         self.build_artifacts()
         if self.tokenizer is not None:
             _ = self.semantic_ids
+        if self.teacher is not None:
+            _ = self.teacher_embeddings
 
     def _load_sequences(self) -> pp.Sequences:
         if self._sequences is None:

@@ -1,6 +1,6 @@
 """ID-based baselines of the evaluation protocol: most-popular, SASRec and GRU4Rec.
 
-    genrec fit --config configs/baselines/sasrec.yaml      # then: genrec test ... --ckpt_path <best>
+    genrec fit --config configs/sasrec.yaml      # then: genrec test ... --ckpt_path <best>
     genrec fit --config configs/baselines/gru4rec.yaml
     genrec test --config configs/baselines/most_popular.yaml
 

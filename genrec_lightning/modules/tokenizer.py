@@ -1,7 +1,7 @@
 """Tokenizer stage: learn item semantic IDs from item embeddings and write a `SemanticIds` artifact.
 
     genrec fit --config configs/rqvae.yaml            # RQ-VAE (hard), writes the artifact at fit end
-    genrec fit --config configs/rqvae_soft.yaml       # UniGRec soft quantiser, annealed temperature
+    genrec fit --config configs/unigrec_pretrain.yaml       # UniGRec soft quantiser, annealed temperature
     genrec tokenize --config configs/rqkmeans.yaml    # build (or reuse) the artifact, print statistics
 
 The maths lives in `genrec_lightning.tokenizers`; this module only wires it into Lightning:
@@ -30,6 +30,10 @@ log = logging.getLogger(__name__)
 
 #: Rows encoded per chunk when the whole item table is tokenised (bounded memory on 100k+ items).
 ENCODE_CHUNK = 16384
+#: The tokenizer's weights inside a semantic-ID artifact (UniGRec's joint stage starts from them).
+TOKENIZER_FILE = "tokenizer.safetensors"
+#: meta.json key holding the TokenizerModule config (class_path + init_args) that rebuilds it.
+TOKENIZER_CONFIG_KEY = "tokenizer_module"
 
 
 class TokenizerModule(L.LightningModule):
@@ -80,6 +84,8 @@ class TokenizerModule(L.LightningModule):
         self.register_buffer("initialized", torch.tensor(False))
         #: Where the artifact goes; set by the CLI / auto-build to the data cache entry of this config.
         self.artifact_dir: Path | None = None
+        #: Extra meta.json entries; the CLI / auto-build put this module's own config under
+        #: `TOKENIZER_CONFIG_KEY`, so a later stage can rebuild the tokenizer and load its weights.
         self.artifact_meta: dict[str, Any] = {}
         self._val_codes: torch.Tensor | None = None
         self._val_error: torch.Tensor | None = None
@@ -280,8 +286,9 @@ class TokenizerModule(L.LightningModule):
             data = getattr(self.trainer.datamodule, "data", None)
             frequencies = data.item_frequencies() if data is not None else None
             stats = ids.statistics(frequencies)
+            weights = {TOKENIZER_FILE: self.tokenizer.state_dict()} if self.tokenizer.state_dict() else {}
             for target in targets:
-                ids.save(target, meta={"statistics": stats})
+                ids.save(target, meta={"statistics": stats}, tensors=weights)
             log.info("Semantic IDs written to %s\n%s", ", ".join(map(str, targets)), format_id_stats(stats))
             if self.logger is not None:
                 flat = {

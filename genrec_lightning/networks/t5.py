@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 from transformers import T5Config, T5ForConditionalGeneration
+from transformers.modeling_outputs import BaseModelOutput
 
 from genrec_lightning.semantic_ids import BOS, EOS, PAD
 
@@ -115,6 +116,20 @@ class T5Recommender(nn.Module):
             use_cache=False,
         )
         return out.logits[..., : self.vocab_size]
+
+    def decode(
+        self, encoder_states: Tensor, attention_mask: Tensor, decoder_input_ids: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """Teacher-forced logits [B, T, vocab_size] and last decoder states [B, T, d] from encoder
+        states [B, S, d] (UniGRec pools the encoder states and reads the first decoder state)."""
+        out = self.model(
+            encoder_outputs=BaseModelOutput(last_hidden_state=encoder_states),
+            attention_mask=attention_mask,
+            decoder_input_ids=decoder_input_ids,
+            output_hidden_states=True,
+            use_cache=False,
+        )
+        return out.logits[..., : self.vocab_size], out.decoder_hidden_states[-1]
 
     @staticmethod
     def shift_right(labels: Tensor) -> Tensor:

@@ -231,15 +231,20 @@ class SoftResidualQuantizer(_ResidualCodebooks):
             raise ValueError(f"temperature must be a finite number > 0, got {value}")
         self._temperature = value
 
-    def forward(self, x: Tensor) -> QuantizerOutput:
-        """x [B, dim] -> quantized [B, dim], codes [B, L] (argmax), probs/log_probs [B, L, K]."""
+    def forward(self, x: Tensor, temperature: float | None = None) -> QuantizerOutput:
+        """x [B, dim] -> quantized [B, dim], codes [B, L] (argmax), probs/log_probs [B, L, K].
+
+        `temperature` overrides tau for this call (UniGRec's distillation reads assignment
+        distributions of projected vectors at its own temperature).
+        """
         self._check_input(x)
+        tau = self.temperature if temperature is None else float(temperature)
         residual = x
         total = torch.zeros_like(x)
         log_probs, probs = [], []
         for book in self.codebooks:
             # log_softmax of the scaled negative distances stays finite at tau = 1e-3 (float32 distances)
-            level_log_probs = F.log_softmax(-squared_distances(residual, book) / self.temperature, dim=-1)
+            level_log_probs = F.log_softmax(-squared_distances(residual, book) / tau, dim=-1)
             level_probs = level_log_probs.exp()
             soft = level_probs.to(book.dtype) @ book  # [B, dim]
             residual = residual - soft
