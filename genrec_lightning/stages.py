@@ -154,6 +154,13 @@ def isolated_rng() -> Iterator[None]:
             torch.cuda.set_rng_state_all(cuda)
 
 
+def _complete_ids(directory: Path) -> bool:
+    """A finished artifact of this version: IDs plus the config that rebuilds the tokenizer (entries
+    written before the tokenizer weights were stored are rebuilt once)."""
+    meta = read_meta(directory)
+    return meta is not None and TOKENIZER_CONFIG_KEY in meta
+
+
 def semantic_ids_dir(config_path: str | Path, data: SequenceDataModule, force: bool = False) -> Path:
     """The artifact directory of `data`'s IDs made by the tokenizer config, trained/fitted if missing."""
     path = Path(config_path)
@@ -162,11 +169,11 @@ def semantic_ids_dir(config_path: str | Path, data: SequenceDataModule, force: b
     items = ItemEmbeddingDataModule(data, batch_size=_data_batch_size(cfg.data))
     cfg.model.init_args.embedding_dim = items.embedding_dim  # the size link of `genrec fit`
     target = data.semantic_ids_dir(tokenizer_key(cfg, data))
-    if not force and (target / META_FILE).is_file():
+    if not force and _complete_ids(target):
         return target
     data.cache_dir.mkdir(parents=True, exist_ok=True)
     with FileLock(str(data.cache_dir / f".{data.reader.name}.semantic_ids.lock")):
-        if not force and (target / META_FILE).is_file():  # built by another process meanwhile
+        if not force and _complete_ids(target):  # built by another process meanwhile
             return target
         log.info("Building semantic IDs for %s with %s into %s", data.reader.name, path, target)
         # One device, whatever the config says: this runs inside another command's setup.
