@@ -352,6 +352,8 @@ class SequenceDataModule(L.LightningDataModule, ABC):
         tokenizer from it and loads its weights); None when the artifact does not record it."""
         from genrec_lightning.modules.tokenizer import TOKENIZER_CONFIG_KEY
 
+        if self.tokenizer is None:  # AttributeError: the CLI's link is skipped for ID-based models
+            raise AttributeError(f"{type(self).__name__} has no semantic IDs (no `tokenizer` set)")
         _ = self.semantic_ids  # builds and checks the artifact
         meta = read_meta(self.semantic_ids_path) or {}
         return meta.get(TOKENIZER_CONFIG_KEY)
