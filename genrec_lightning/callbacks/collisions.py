@@ -19,10 +19,17 @@ from torch import Tensor
 from genrec_lightning.semantic_ids import collision_rate, usage_entropy
 
 
-def _hard_ids(module: L.LightningModule) -> tuple[Tensor, list[int]]:
-    if callable(getattr(module, "raw_item_codes", None)):
-        return module.raw_item_codes(), list(module.raw_codebook_sizes)
-    return module.item_codes(), list(module.codebook_sizes)
+def _uses_raw(module: L.LightningModule) -> bool:
+    return callable(getattr(module, "raw_item_codes", None)) and hasattr(module, "raw_codebook_sizes")
+
+
+def _hard_ids(module: L.LightningModule) -> Tensor:
+    """[N, L] hard IDs before dedup (UniGRec: what its tokenizer assigns now)."""
+    return module.raw_item_codes() if _uses_raw(module) else module.item_codes()
+
+
+def _sizes(module: L.LightningModule) -> list[int]:
+    return list(module.raw_codebook_sizes if _uses_raw(module) else module.codebook_sizes)
 
 
 def id_changes(before: Tensor, after: Tensor, prefix: str) -> dict[str, float]:
@@ -55,10 +62,7 @@ class CollisionMonitor(L.Callback):
         self._previous: Tensor | None = None
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        hard = callable(getattr(pl_module, "raw_item_codes", None)) and hasattr(
-            pl_module, "raw_codebook_sizes"
-        )
-        if not hard and (
+        if not _uses_raw(pl_module) and (
             not callable(getattr(pl_module, "item_codes", None)) or not hasattr(pl_module, "codebook_sizes")
         ):
             raise MisconfigurationException(
@@ -68,12 +72,12 @@ class CollisionMonitor(L.Callback):
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._initial is None:  # a resumed run keeps the reference of its first start
-            self._initial = _hard_ids(pl_module)[0].cpu()
+            self._initial = _hard_ids(pl_module).cpu()
             self._previous = self._initial
 
     def measure(self, pl_module: L.LightningModule, codes: Tensor | None = None) -> dict[str, float]:
-        codes, sizes = (codes, _hard_ids(pl_module)[1]) if codes is not None else _hard_ids(pl_module)
-        usage, entropy = usage_entropy(codes, sizes)
+        codes = _hard_ids(pl_module) if codes is None else codes
+        usage, entropy = usage_entropy(codes, _sizes(pl_module))
         rate = collision_rate(codes)
         out = {f"{self.prefix}/collision_rate": rate, f"{self.prefix}/unique_ratio": 1.0 - rate}
         for level, (used, ent) in enumerate(zip(usage, entropy, strict=True)):
@@ -99,7 +103,7 @@ class CollisionMonitor(L.Callback):
         if self.every_n_epochs and (trainer.current_epoch + 1) % self.every_n_epochs == 0:
             # Every rank holds the same weights, so the figures agree and need no reduction;
             # logged through the module so a ModelCheckpoint can monitor them.
-            codes = _hard_ids(pl_module)[0]
+            codes = _hard_ids(pl_module)
             values = self.measure(pl_module, codes)
             if self._previous is not None and self._previous.shape == codes.shape:
                 values |= id_changes(self._previous, codes, f"{self.prefix}/change_rate")

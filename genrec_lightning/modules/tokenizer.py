@@ -1,8 +1,8 @@
 """Tokenizer stage: learn item semantic IDs from item embeddings and write a `SemanticIds` artifact.
 
-    genrec fit --config configs/rqvae.yaml            # RQ-VAE (hard), writes the artifact at fit end
-    genrec fit --config configs/unigrec_pretrain.yaml       # UniGRec soft quantiser, annealed temperature
-    genrec tokenize --config configs/rqkmeans.yaml    # build (or reuse) the artifact, print statistics
+    genrec fit --config configs/rqvae.yaml              # RQ-VAE (hard), writes the artifact at fit end
+    genrec fit --config configs/unigrec_pretrain.yaml   # UniGRec soft quantiser, annealed temperature
+    genrec tokenize --config configs/tokenizers/rqkmeans.yaml   # build/reuse the artifact, print stats
 
 The maths lives in `genrec_lightning.tokenizers`; this module only wires it into Lightning:
 k-means codebook initialisation on the whole item table (global rank 0, then broadcast), the

@@ -228,19 +228,18 @@ class UniGRecModule(GenerativeRecommender):
         """Hard IDs [N, L] (before dedup) the current tokenizer gives every item (eval mode)."""
         return self.tokenizer.encode(self.item_embeddings)
 
-    def refresh_semantic_ids(self) -> Tensor:
-        """Re-derive the hard-ID table from the tokenizer (once per optimiser step); return raw IDs."""
-        raw = self.raw_item_codes()
+    def refresh_semantic_ids(self) -> None:
+        """Re-derive the hard-ID table from the tokenizer, at most once per optimiser step (the
+        weights only change in optimiser steps)."""
         if self._ids_step == self.global_step and self.has_ids:
-            return raw
-        codes, needed = dedup_suffix(raw)
+            return
+        codes, needed = dedup_suffix(self.raw_item_codes())
         if not self._store_ids(codes):
             log.warning(
                 "re-derived IDs need %d dedup suffixes but suffix_capacity is %d: keeping the previous "
                 "ID table (raise model.init_args.suffix_capacity)", needed, self.codebook_sizes[-1],
             )  # fmt: skip
         self._ids_step = self.global_step
-        return raw
 
     def _tokenizer_frozen(self) -> bool:
         epoch = self.hparams.freeze_tokenizer_epoch
