@@ -154,10 +154,11 @@ class GenRecCLI(LightningCLI):
 
     def _write_test_metrics(self, results: list[dict[str, float]], checkpoint: str) -> None:
         """`<log dir>/test_metrics.json`: the test numbers in a file scripts can read (rank 0)."""
-        if not self.trainer.is_global_zero or not results or self.trainer.log_dir is None:
+        log_dir = self.trainer.log_dir  # a broadcast under DDP: every rank must ask
+        if not self.trainer.is_global_zero or not results or log_dir is None:
             return
         payload = {"checkpoint": str(checkpoint), "metrics": {k: float(v) for k, v in results[0].items()}}
-        with atomic_file(Path(self.trainer.log_dir) / "test_metrics.json") as tmp:
+        with atomic_file(Path(log_dir) / "test_metrics.json") as tmp:
             tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
 
     def before_predict(self) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 from typing import Any
 
@@ -300,14 +299,13 @@ def scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
     return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
 
 
-def test_genrec_fit_unigrec_end_to_end(stages: dict[str, Any], tmp_path: Path) -> None:
-    """`genrec fit --config configs/unigrec.yaml` (shrunk): stages reused, joint training, test metrics."""
+def tiny_unigrec_config(stages: dict[str, Any], tmp_path: Path, **model_args: Any) -> Path:
+    """configs/unigrec.yaml shrunk to seconds on the module's tiny stages: 2 epochs of 4 steps."""
     with open(ROOT / "configs/unigrec.yaml") as f:
         cfg = yaml.safe_load(f)
-    cfg = copy.deepcopy(cfg)
     net = cfg["model"]["init_args"]["network"]["init_args"]
     net.update(d_model=16, d_ff=32, d_kv=8, num_heads=2, num_encoder_layers=1, num_decoder_layers=1)
-    cfg["model"]["init_args"].update(beam_size=20, warmup_steps=2, assignment_temperature=1.0)
+    cfg["model"]["init_args"].update(beam_size=20, warmup_steps=2, assignment_temperature=1.0, **model_args)
     cfg["data"]["init_args"].update(
         cache_dir=str(stages["tmp"] / "cache"),
         encoder={"class_path": "conftest.HashEncoder", "init_args": {"dim": 8}},
@@ -325,6 +323,12 @@ def test_genrec_fit_unigrec_end_to_end(stages: dict[str, Any], tmp_path: Path) -
             callback["init_args"]["dirpath"] = str(tmp_path / "ckpt")
     path = tmp_path / "unigrec.yaml"
     path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_genrec_fit_unigrec_end_to_end(stages: dict[str, Any], tmp_path: Path) -> None:
+    """`genrec fit --config configs/unigrec.yaml` (shrunk): stages reused, joint training, test metrics."""
+    path = tiny_unigrec_config(stages, tmp_path)
     stage_runs = sorted((stages["tmp"] / "runs").glob("*/version_*"))
     cli = GenRecCLI(args=["fit", "--config", str(path)])
     assert sorted((stages["tmp"] / "runs").glob("*/version_*")) == stage_runs  # both stages reused
@@ -341,3 +345,73 @@ def test_genrec_fit_unigrec_end_to_end(stages: dict[str, Any], tmp_path: Path) -
     assert 0.0 <= metrics["test/recall@10"] <= 1.0
     # The tested checkpoint decodes the IDs its own tokenizer assigns.
     assert torch.equal(model.item_codes()[:, :-1], model.raw_item_codes())
+
+
+# ------------------------------------------------------------------------------ DDP
+class RankSnapshots(L.Callback):
+    """Saves each rank's ID table and tokenizer weights at the first step and the end of every epoch."""
+
+    def __init__(self, out_dir: str) -> None:
+        self.out_dir = Path(out_dir)
+
+    def save(self, trainer: L.Trainer, model: UniGRecModule, when: str) -> None:
+        state = {
+            "ids": model.item_codes().cpu(),
+            "raw": model.raw_item_codes().cpu(),
+            "tokenizer": {k: v.detach().cpu().clone() for k, v in model.tokenizer.state_dict().items()},
+            "t5": {k: v.detach().cpu().clone() for k, v in model.network.state_dict().items()},
+        }
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        torch.save(state, self.out_dir / f"rank{trainer.global_rank}_epoch{trainer.current_epoch}_{when}.pt")
+
+    def on_train_batch_start(self, trainer: L.Trainer, model: UniGRecModule, batch: Any, batch_idx: int) -> None:
+        if batch_idx == 0:  # after the module's epoch-start re-derivation
+            self.save(trainer, model, "start")
+
+    def on_train_epoch_end(self, trainer: L.Trainer, model: UniGRecModule) -> None:
+        self.save(trainer, model, "end")
+
+
+def test_ddp_fit_keeps_ranks_identical_and_freezes_the_tokenizer(
+    stages: dict[str, Any], tmp_path: Path
+) -> None:
+    """2 gloo ranks: the same re-derived IDs and tokenizer on both; from freeze_tokenizer_epoch on only
+    T5 moves (DDP accepts the zero-weighted terms; no unused-parameter error)."""
+    import os
+    import subprocess
+    import sys
+
+    if not torch.distributed.is_available():
+        pytest.skip("needs torch.distributed")
+    path = tiny_unigrec_config(stages, tmp_path, tokenizer_lr=1e-4, freeze_tokenizer_epoch=1)
+    snapshots = tmp_path / "snapshots"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")])}
+    args = [sys.executable, "-m", "genrec_lightning", "fit", "--config", str(path),
+            "--trainer.devices", "2", "--trainer.strategy", "ddp", "--trainer.accelerator", "cpu",
+            "--trainer.callbacks+=test_unigrec.RankSnapshots",
+            f"--trainer.callbacks.out_dir={snapshots}"]  # fmt: skip
+    done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-4000:]
+    # Rank 0 wrote the test metrics after the DDP fit (trainer.log_dir is a collective there).
+    assert list((tmp_path / "runs" / "unigrec").glob("version_*/test_metrics.json"))
+
+    def snap(rank: int, epoch: int, when: str) -> dict[str, Any]:
+        return torch.load(snapshots / f"rank{rank}_epoch{epoch}_{when}.pt")
+
+    def same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+        return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+    for epoch in (0, 1):
+        for when in ("start", "end"):
+            zero, one = snap(0, epoch, when), snap(1, epoch, when)
+            assert torch.equal(zero["ids"], one["ids"]), (epoch, when)
+            assert same(zero["tokenizer"], one["tokenizer"]) and same(zero["t5"], one["t5"])
+            # The decoded table is the tokenizer's current hard IDs (+ suffix), unique per item
+            # (re-derived at the epoch start and before the epoch-end validation).
+            assert torch.equal(zero["ids"][:, :-1], zero["raw"]), (epoch, when)
+            assert len(torch.unique(zero["ids"], dim=0)) == len(zero["ids"])
+    # Epoch 0 trains the tokenizer jointly; epoch 1 (frozen) leaves it exactly as it was.
+    assert not same(snap(0, 0, "start")["tokenizer"], snap(0, 0, "end")["tokenizer"])
+    assert same(snap(0, 1, "start")["tokenizer"], snap(0, 1, "end")["tokenizer"])
+    assert not same(snap(0, 1, "start")["t5"], snap(0, 1, "end")["t5"])
+    assert same(snap(0, 0, "end")["tokenizer"], snap(0, 1, "start")["tokenizer"])
