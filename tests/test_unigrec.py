@@ -364,7 +364,9 @@ class RankSnapshots(L.Callback):
         self.out_dir.mkdir(parents=True, exist_ok=True)
         torch.save(state, self.out_dir / f"rank{trainer.global_rank}_epoch{trainer.current_epoch}_{when}.pt")
 
-    def on_train_batch_start(self, trainer: L.Trainer, model: UniGRecModule, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: L.Trainer, model: UniGRecModule, batch: Any, batch_idx: int
+    ) -> None:
         if batch_idx == 0:  # after the module's epoch-start re-derivation
             self.save(trainer, model, "start")
 
@@ -385,7 +387,10 @@ def test_ddp_fit_keeps_ranks_identical_and_freezes_the_tokenizer(
         pytest.skip("needs torch.distributed")
     path = tiny_unigrec_config(stages, tmp_path, tokenizer_lr=1e-4, freeze_tokenizer_epoch=1)
     snapshots = tmp_path / "snapshots"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")])}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")]),
+    }
     args = [sys.executable, "-m", "genrec_lightning", "fit", "--config", str(path),
             "--trainer.devices", "2", "--trainer.strategy", "ddp", "--trainer.accelerator", "cpu",
             "--trainer.callbacks+=test_unigrec.RankSnapshots",
