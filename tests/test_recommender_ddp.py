@@ -90,3 +90,63 @@ def test_ddp_fit_logs_the_curriculum_once_per_step(tmp_path: Path, data: dict[st
     for (_, fg), (_, fr), (_, o) in zip(tags["objectives/alpha_fg"], tags["objectives/alpha_fr"],
                                         tags["objectives/alpha_or"], strict=True):  # fmt: skip
         assert fg + fr + o == pytest.approx(1.0, abs=1e-5)
+
+
+def test_ddp_fit_from_an_empty_cache_builds_once_tests_exactly_and_resumes_on_one_device(
+    tmp_path: Path,
+    data: dict[str, Any],  # noqa: F811
+) -> None:
+    """2 ranks from nothing: the IDs are built once, one TensorBoard run and config.yaml are written,
+    the test metrics equal a 1-process test of the same checkpoint, and the run resumes on 1 device."""
+    import json
+
+    from test_tokenizer_stage import tiny_config, write_config
+
+    tok = tiny_config(tmp_path, "configs/rqvae.yaml")
+    tok["trainer"]["max_epochs"] = 2
+    for callback in tok["trainer"]["callbacks"]:
+        if callback["class_path"].endswith("ModelCheckpoint"):
+            callback["init_args"]["dirpath"] = str(tmp_path / "tokenizer_checkpoints")
+    tokenizer = write_config(tmp_path, tok)
+    config = tiny_experiment(tmp_path, data)
+    cfg = yaml.safe_load(config.read_text())
+    cfg["data"]["init_args"].update(
+        cache_dir=str(tmp_path / "cache"),  # empty: data, embeddings and IDs are all built here
+        tokenizer=str(tokenizer),
+        encoder={"class_path": "conftest.HashEncoder", "init_args": {"dim": 8}},
+        eval_batch_size=100,
+    )
+    # One epoch of 4 steps (then validation selects the checkpoint); the test covers every user.
+    cfg["trainer"].update(max_steps=4, limit_train_batches=4, limit_test_batches=1.0)
+    config.write_text(yaml.safe_dump(cfg))
+    ddp = ["--trainer.devices", "2", "--trainer.strategy", "ddp", "--trainer.accelerator", "cpu"]
+    genrec("fit", config, *ddp)
+
+    assert len(list((tmp_path / "cache").rglob("semantic_ids/*/codes.safetensors"))) == 1
+    tok_name = tok["trainer"]["logger"]["init_args"]["name"]
+    assert len(list((tmp_path / "runs" / tok_name).glob("version_*"))) == 1  # the tokenizer stage
+    (run,) = (tmp_path / "runs" / "tiger").glob("version_*")
+    # TensorBoard files of one process only (fit and the test after it each open a writer).
+    assert len({f.name.split(".")[-2] for f in run.glob("events.out.tfevents.*")}) == 1
+    assert (run / "config.yaml").is_file()
+    two = json.loads((run / "test_metrics.json").read_text())
+    assert scalars(run)["train/loss"][-1][0] == 3
+
+    genrec("test", config, "--trainer.devices", "1", "--trainer.logger.init_args.name", "one",
+           "--ckpt_path", two["checkpoint"])  # fmt: skip
+    one = json.loads((tmp_path / "runs" / "one" / "version_0" / "test_metrics.json").read_text())
+    assert one["metrics"].keys() == two["metrics"].keys()
+    for name, value in two["metrics"].items():
+        assert value == pytest.approx(one["metrics"][name], abs=1e-6), name
+    assert two["metrics"]["test/recall@20"] > 0
+
+    # A checkpoint written by 2 ranks resumes on 1 device and continues from step 4.
+    assert two["checkpoint"].endswith("step=4.ckpt")
+    last = str(tmp_path / "checkpoints" / "last.ckpt")
+    genrec("fit", config, "--trainer.devices", "1", "--trainer.max_steps", "6", "--trainer.max_epochs", "4",
+           "--test_after_fit", "false",
+           "--trainer.logger.init_args.name", "resumed", "--ckpt_path", last)  # fmt: skip
+    # Two more optimiser steps (4 -> 6). Lightning logs them one step later after a resume
+    # from an end-of-epoch checkpoint, so count them rather than compare the logged steps.
+    assert len(scalars(tmp_path / "runs" / "resumed" / "version_0")["train/loss"]) == 2
+    assert torch.load(last, weights_only=False)["global_step"] == 6
