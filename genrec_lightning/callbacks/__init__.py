@@ -1,12 +1,14 @@
 """Callbacks that orchestrate training (schedules, monitors); the maths lives elsewhere."""
 
 from genrec_lightning.callbacks.collisions import CollisionMonitor
+from genrec_lightning.callbacks.compile import Compile
 from genrec_lightning.callbacks.objectives import CurriculumScheduler, ObjectiveWeights
 from genrec_lightning.callbacks.predictions import TopKWriter
 from genrec_lightning.callbacks.temperature import TemperatureAnnealing, anneal
 
 __all__ = [
     "CollisionMonitor",
+    "Compile",
     "CurriculumScheduler",
     "ObjectiveWeights",
     "TemperatureAnnealing",

@@ -84,6 +84,14 @@ class RecommenderModule(L.LightningModule):
         trainer = self._trainer
         return getattr(trainer, "datamodule", None) if trainer is not None else None
 
+    def compile_targets(self) -> list[torch.nn.Module]:
+        """What `callbacks.Compile` compiles: the network's own choice, else the whole network."""
+        network = getattr(self, "network", None)
+        if not isinstance(network, torch.nn.Module):
+            return []
+        targets = getattr(network, "compile_targets", None)
+        return list(targets()) if callable(targets) else [network]
+
     def setup(self, stage: str) -> None:
         data = self.datamodule
         if data is None or not hasattr(data, "semantic_ids_expectation"):

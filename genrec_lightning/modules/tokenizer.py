@@ -140,6 +140,12 @@ class TokenizerModule(L.LightningModule):
             for tensor in [*self.tokenizer.parameters(), *self.tokenizer.buffers()]:
                 dist.broadcast(tensor.data, src=0)
 
+    def compile_targets(self) -> list[torch.nn.Module]:
+        """RQ-VAE encoder and decoder MLPs for `callbacks.Compile` (the quantiser stays eager:
+        its distances must stay float32); k-means tokenizers have nothing to compile."""
+        parts = (getattr(self.tokenizer, name, None) for name in ("encoder", "decoder"))
+        return [part for part in parts if isinstance(part, torch.nn.Module)]
+
     # ------------------------------------------------------------------------- Lightning hooks
     def setup(self, stage: str) -> None:
         table = self._item_table()

@@ -85,6 +85,10 @@ class T5Recommender(nn.Module):
         """Shared token embedding (inputs and tied output layer); soft IDs mix its rows."""
         return self.model.get_input_embeddings()
 
+    def compile_targets(self) -> list[nn.Module]:
+        """The encoder and decoder stacks: `forward`, `encode` and `decode` all run through them."""
+        return [self.model.encoder, self.model.decoder]
+
     def user_tokens(self, users: Tensor) -> Tensor:
         """Hashed user token per user id [B] (bucket = user mod num_user_buckets, as in TIGER)."""
         if self.num_user_buckets == 0:
