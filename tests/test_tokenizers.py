@@ -96,6 +96,24 @@ def test_kmeans_shape_dtype_and_determinism():
     assert torch.equal(a, kmeans(x, 8, niter=10, seed=3))
 
 
+@pytest.mark.parametrize("gpus", [0, 1])
+def test_kmeans_runs_on_gpu_faiss_when_the_build_sees_a_gpu(monkeypatch: pytest.MonkeyPatch, gpus: int) -> None:
+    import faiss
+
+    seen: list[bool] = []
+    real = faiss.Kmeans
+
+    def recording(*args, gpu: bool = False, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        seen.append(gpu)
+        return real(*args, **kwargs)  # train on CPU here whatever was asked
+
+    monkeypatch.setattr(faiss, "get_num_gpus", lambda: gpus)
+    monkeypatch.setattr(faiss, "Kmeans", recording)
+    assert kmeans_module.faiss_gpus() == gpus
+    kmeans(clustered(), 8, niter=2)
+    assert seen == [bool(gpus)]
+
+
 def test_kmeans_uses_all_rows():
     # k = 1: the centroid is the mean of whatever faiss trained on; faiss' default would subsample 256 rows.
     x = (

@@ -24,6 +24,15 @@ except ImportError as err:  # pragma: no cover - faiss-cpu is a hard dependency
 DEFAULT_CHUNK_SIZE = 16384
 
 
+def faiss_gpus() -> int:
+    """GPUs the installed faiss can use: 0 with the faiss-cpu build or without a visible GPU."""
+    count = getattr(faiss, "get_num_gpus", None)
+    try:
+        return int(count()) if count is not None else 0
+    except RuntimeError:  # a GPU build on a machine whose driver is missing
+        return 0
+
+
 def _check_matrix(x: Tensor, what: str) -> None:
     if x.ndim != 2:
         raise ValueError(f"{what} must be a 2-d [N, d] tensor, got shape {tuple(x.shape)}")
@@ -66,7 +75,9 @@ def kmeans(x: Tensor, k: int, *, niter: int = 25, seed: int = 0) -> Tensor:
 
     With N <= k faiss cannot run; then every distinct point becomes a centroid and the remaining
     codes are copies of random points plus small seeded Gaussian noise, so all k codes exist.
-    Deterministic for a fixed seed.
+    Runs on GPU faiss whenever the installed build sees a GPU (the `gpu` extra), else on CPU.
+    Deterministic for a fixed seed on one device; GPU and CPU centroids differ slightly (other
+    float summation order), so IDs built on either agree up to near-ties, not bit for bit.
     """
     _check_matrix(x, "k-means input")
     if k < 1:
@@ -78,7 +89,7 @@ def kmeans(x: Tensor, k: int, *, niter: int = 25, seed: int = 0) -> Tensor:
     if n <= k:
         centroids = _fill_centroids(data, k, seed)
     else:
-        use_gpu = x.is_cuda and getattr(faiss, "get_num_gpus", lambda: 0)() > 0
+        use_gpu = faiss_gpus() > 0
         km = faiss.Kmeans(
             d,
             k,
