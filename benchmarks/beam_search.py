@@ -23,11 +23,17 @@ from genrec_lightning.modules.recommender import GenerativeRecommender
 from genrec_lightning.networks.t5 import T5Recommender
 
 
-def timed(fn, repeats: int) -> tuple[float, object]:  # noqa: ANN001
+def timed(fn, repeats: int, device: torch.device) -> tuple[float, object]:  # noqa: ANN001
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
     fn()  # warm-up
+    sync()
     start = time.perf_counter()
     for _ in range(repeats):
         out = fn()
+    sync()
     return (time.perf_counter() - start) / repeats, out
 
 
@@ -43,7 +49,9 @@ def main() -> None:
         "--ckpt", default=None, help="GenerativeRecommender checkpoint (default: random init)"
     )
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     args = parser.parse_args()
+    device = torch.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -56,21 +64,24 @@ def main() -> None:
         model.load_state_dict(state)
     else:
         model.set_semantic_ids(ids)
-    model.eval()
-    batch = data.split("test").batch(torch.arange(args.users))
+    model.eval().to(device)
+    batch = {k: v.to(device) for k, v in data.split("test").batch(torch.arange(args.users)).items()}
     tokens, mask = model.encoder_inputs(batch)
     index, offsets = model.prefix_index(tokens.device), model.token_offsets
     trie = token_trie(ids)
     print(f"{ids} | T5 {sum(p.numel() for p in model.network.parameters()) / 1e6:.2f}M parameters")
-    print(f"{args.users} users x {tokens.shape[1]} input tokens, beam {args.beam}, torch threads "
-          f"{torch.get_num_threads()}")  # fmt: skip
+    print(f"{args.users} users x {tokens.shape[1]} input tokens, beam {args.beam}, device {device}, "
+          f"torch threads {torch.get_num_threads()}")  # fmt: skip
 
     ours_s, ours = timed(
-        partial(beam_search, model.network, index, offsets, tokens, mask, args.beam), args.repeats
+        partial(beam_search, model.network, index, offsets, tokens, mask, args.beam), args.repeats, device
     )
     hf_s, (hf_items, hf_scores) = timed(
-        partial(hf_beam_search, model.network, ids, tokens, mask, args.beam, trie), max(1, args.repeats // 3)
+        partial(hf_beam_search, model.network, ids, tokens, mask, args.beam, trie),
+        max(1, args.repeats // 3),
+        device,
     )
+    hf_items, hf_scores = hf_items.to(device), hf_scores.to(device)
     same = torch.equal(ours.items, hf_items)
     rows = (ours.items == hf_items).all(dim=1).float().mean().item()
     gap = (ours.scores - hf_scores).abs().max().item()
