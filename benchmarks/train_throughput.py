@@ -14,8 +14,10 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 
 import lightning.pytorch as L
@@ -67,14 +69,19 @@ def worker(config: str, preset: str | None, args: argparse.Namespace) -> dict:
     if args.batch_size:
         data.batch_size = args.batch_size
     timer = StepTimer(args.warmup)
+    scratch = tempfile.mkdtemp(prefix="genrec-throughput-")  # the tokenizer writes its IDs at fit end
     trainer = L.Trainer(
+        default_root_dir=scratch,
         accelerator=args.accelerator, devices=1, precision=args.precision, max_steps=args.warmup + args.steps,
         limit_val_batches=0, num_sanity_val_steps=0, logger=False, enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False, callbacks=[timer],
     )  # fmt: skip
     if model.device.type == "cuda" or args.accelerator == "gpu":
         torch.cuda.reset_peak_memory_stats()
-    trainer.fit(model, datamodule=data)
+    try:
+        trainer.fit(model, datamodule=data)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
     out = {
         "samples_per_s": timer.samples / timer.elapsed,
         "s_per_step": timer.elapsed / args.steps,
