@@ -32,14 +32,15 @@ from genrec_lightning.tokenizers.kmeans import faiss_gpus
 
 
 def synthetic_items(n: int, dim: int, seed: int = 0) -> torch.Tensor:
-    """Unit-norm embeddings around 4,096 topics (like sentence embeddings of a catalogue)."""
+    """Unit-norm embeddings around 4,096 topics, each item as far from its topic centre as the
+    centres are from each other (like sentence embeddings of a catalogue: clustered, not duplicated)."""
     gen = torch.Generator().manual_seed(seed)
     topics = torch.nn.functional.normalize(torch.randn(4096, dim, generator=gen), dim=1)
     out = torch.empty(n, dim)
     for start in range(0, n, 65536):
         rows = min(65536, n - start)
         which = torch.randint(0, len(topics), (rows,), generator=gen)
-        out[start : start + rows] = topics[which] + 0.3 * torch.randn(rows, dim, generator=gen) / dim**0.5
+        out[start : start + rows] = topics[which] + torch.randn(rows, dim, generator=gen) / dim**0.5
     return torch.nn.functional.normalize(out, dim=1)
 
 
