@@ -135,3 +135,23 @@ def test_ddp_fit_from_an_empty_cache_builds_once_tests_exactly_and_resumes_on_on
     # from an end-of-epoch checkpoint, so count them rather than compare the logged steps.
     assert len(scalars(tmp_path / "runs" / "resumed" / "version_0")["train/loss"]) == 2
     assert torch.load(last, weights_only=False)["global_step"] == 6
+
+
+def test_ddp_sasrec_test_equals_single_process(tmp_path: Path, data: dict[str, Any]) -> None:  # noqa: F811
+    """SASRec (full-softmax top-k ranking) under 2 ranks reports what 1 process reports."""
+    import json
+
+    config = ROOT / "configs" / "sasrec.yaml"
+    common = ["--data.init_args.cache_dir", str(data["cache"]), "--data.init_args.eval_batch_size", "100",
+              "--trainer.logger.init_args.save_dir", str(tmp_path / "runs"),
+              "--trainer.enable_progress_bar", "false"]  # fmt: skip
+    # No checkpoint: both runs test the same seeded initial weights (seed_everything in the YAML).
+    genrec("test", config, *common, "--trainer.logger.init_args.name", "one", "--trainer.devices", "1")
+    genrec("test", config, *common, "--trainer.logger.init_args.name", "two", "--trainer.devices", "2",
+           "--trainer.strategy", "ddp", "--trainer.accelerator", "cpu")  # fmt: skip
+    one, two = (json.loads(next((tmp_path / "runs" / name).glob("version_*/test_metrics.json")).read_text())
+                for name in ("one", "two"))  # fmt: skip
+    assert one["metrics"].keys() == two["metrics"].keys()
+    for name, value in one["metrics"].items():
+        assert two["metrics"][name] == pytest.approx(value, abs=1e-6), name
+    assert one["metrics"]["test/recall@20"] > 0
