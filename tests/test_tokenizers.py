@@ -97,7 +97,9 @@ def test_kmeans_shape_dtype_and_determinism():
 
 
 @pytest.mark.parametrize("gpus", [0, 1])
-def test_kmeans_runs_on_gpu_faiss_when_the_build_sees_a_gpu(monkeypatch: pytest.MonkeyPatch, gpus: int) -> None:
+def test_kmeans_runs_on_gpu_faiss_when_the_build_sees_a_gpu(
+    monkeypatch: pytest.MonkeyPatch, gpus: int
+) -> None:
     import faiss
 
     seen: list[bool] = []
