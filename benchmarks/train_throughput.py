@@ -76,7 +76,8 @@ def worker(config: str, preset: str | None, args: argparse.Namespace) -> dict:
         limit_val_batches=0, num_sanity_val_steps=0, logger=False, enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False, callbacks=[timer],
     )  # fmt: skip
-    if model.device.type == "cuda" or args.accelerator == "gpu":
+    on_gpu = args.accelerator == "gpu"
+    if on_gpu:
         torch.cuda.reset_peak_memory_stats()
     try:
         trainer.fit(model, datamodule=data)
@@ -89,7 +90,7 @@ def worker(config: str, preset: str | None, args: argparse.Namespace) -> dict:
         "parameters_m": sum(p.numel() for p in model.parameters()) / 1e6,
         "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
     }
-    if torch.cuda.is_available() and args.accelerator == "gpu":
+    if on_gpu:
         out["peak_cuda_gib"] = torch.cuda.max_memory_allocated() / 2**30
     return out
 
