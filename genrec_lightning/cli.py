@@ -307,6 +307,11 @@ def main(args: Sequence[str] | None = None) -> None:
     if argv and argv[0] == "tokenize":
         tokenize_command(argv[1:])
         return
+    if argv and argv[0] == "report":
+        from genrec_lightning.analysis.report import main as report_main
+
+        report_main(argv[1:])
+        return
     GenRecCLI(args=None if args is None else argv)
 
 
