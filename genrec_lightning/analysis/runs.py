@@ -85,12 +85,29 @@ def config_value(config: Mapping[str, Any], dotted: str, default: Any = None) ->
     return node
 
 
+def _checkpoint_dirs(run_dir: Path) -> list[Path]:
+    """`<run>/checkpoints` (Lightning's default) and any ModelCheckpoint `dirpath` of the config."""
+    callbacks = config_value(read_config(run_dir), "trainer.callbacks", []) or []
+    dirpaths = [
+        config_value(c, "init_args.dirpath")
+        for c in callbacks
+        if isinstance(c, Mapping) and str(c.get("class_path", "")).endswith("ModelCheckpoint")
+    ]
+    return [run_dir / "checkpoints", *(Path(d) for d in dirpaths if d)]
+
+
 def find_checkpoint(run_dir: str | Path) -> Path | None:
-    """`checkpoints/last.ckpt`, else the newest checkpoint of the run, else None."""
-    folder = Path(run_dir) / "checkpoints"
-    if (folder / "last.ckpt").is_file():
-        return folder / "last.ckpt"
-    found = sorted(folder.glob("*.ckpt"), key=lambda p: p.stat().st_mtime)
+    """The run's final weights: `last.ckpt`, else the tested checkpoint, else the newest one; or None."""
+    run_dir = Path(run_dir)
+    folders = [f for f in _checkpoint_dirs(run_dir) if f.is_dir()]
+    for folder in folders:
+        if (folder / "last.ckpt").is_file():
+            return folder / "last.ckpt"
+    metrics = run_dir / "test_metrics.json"
+    tested = json.loads(metrics.read_text()).get("checkpoint") if metrics.is_file() else None
+    if tested and Path(tested).is_file():
+        return Path(tested)
+    found = sorted((p for f in folders for p in f.glob("*.ckpt")), key=lambda p: p.stat().st_mtime)
     return found[-1] if found else None
 
 
@@ -106,7 +123,7 @@ def _state_dict(source: Path) -> dict[str, Tensor]:
 def load_state_tensor(source: str | Path, suffix: str) -> Tensor | None:
     """The tensor whose key ends with `suffix` in a checkpoint, safetensors file, run or artifact dir."""
     path = Path(source)
-    if path.is_dir() and (path / "checkpoints").is_dir():
+    if path.is_dir() and not (path / "tokenizer.safetensors").is_file():  # a run directory
         checkpoint = find_checkpoint(path)
         if checkpoint is None:
             return None
