@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -228,3 +229,53 @@ def test_report_errors_are_clear(tmp_path: Path) -> None:
     with pytest.raises(SystemExit, match="distinct --labels"):
         main(["report", str(tmp_path), "--labels", "a", "b"])
     assert not (tmp_path / "report").exists()  # nothing written before the error
+
+
+# ------------------------------------------------------------------------------ notebooks
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+
+
+def test_notebooks_are_committed_without_outputs() -> None:
+    import nbformat
+
+    assert len(NOTEBOOKS) == 5
+    for path in NOTEBOOKS:
+        book = nbformat.read(path, as_version=4)
+        code = [c for c in book.cells if c.cell_type == "code"]
+        assert code and all(not c.outputs and c.execution_count is None for c in code), path.name
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_runs_top_to_bottom_on_tiny_runs(
+    path: Path,
+    tiny_runs: dict[str, Any],
+    stages: dict[str, Any],  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import nbformat
+    from nbclient import NotebookClient
+
+    stage1_run = next(
+        p for p in sorted((stages["tmp"] / "runs").glob("*/version_*")) if "sasrec" not in str(p)
+    )
+    env = {
+        "GENREC_IDS": str(tiny_runs["ids_yaml"]),
+        "GENREC_TOKENIZER_RUN": str(stage1_run),
+        "GENREC_RUN_DIR": str(tiny_runs["unigrec"] if "unigrec" in path.stem else tiny_runs["sweep"][0]),
+        "GENREC_RUN_DIRS": os.pathsep.join(map(str, [tiny_runs["unigrec"], *tiny_runs["sweep"]])),
+        "GENREC_SWEEP_GLOB": str(tiny_runs["tmp"] / "runs" / "sweep" / "version_*"),
+        # The tiny configs name the test-suite's HashEncoder (tests/conftest.py).
+        "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")]),
+    }
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    book = nbformat.read(path, as_version=4)
+    NotebookClient(
+        book, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}
+    ).execute()
+    images = [
+        o for c in book.cells if c.cell_type == "code" for o in c.outputs if "image/png" in o.get("data", {})
+    ]
+    assert images, f"{path.name} displayed no figure"
+    errors = [o for c in book.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
+    assert not errors
