@@ -219,7 +219,7 @@ def plot_popularity_deciles(runs: Mapping[str, Mapping[str, float]]) -> Figure:
     _, target = popularity_bins(first)
     width = 0.8 / (len(runs) + 1)
     x = range(len(target))
-    ax.bar([i for i in x], target, width=width, label="test targets", color="grey")
+    ax.bar(list(x), target, width=width, label="test targets", color="grey")
     for r, (label, metrics) in enumerate(runs.items(), start=1):
         predicted, _ = popularity_bins(metrics)
         ax.bar([i + r * width for i in x], predicted, width=width, label=f"{label} top-k")
@@ -289,13 +289,16 @@ def change_patterns(before: Tensor, after: Tensor) -> dict[str, float]:
     return out
 
 
-def evolution_from_scalars(scalars: pl.DataFrame, prefix: str = "ids/changed_since_start") -> tuple:
-    """(per-level change rates, {"k levels": share}) from the last values a CollisionMonitor logged."""
+def evolution_from_scalars(
+    scalars: pl.DataFrame, prefix: str = "ids/changed_since_start"
+) -> tuple[list[float], dict[str, float]]:
+    """(per-level change rates, {"k levels": share of items}) from a CollisionMonitor's last values."""
     last = last_by_suffix(scalars, prefix)
-    rates = [last[f"_l{i}"] for i in range(len([k for k in last if re.fullmatch(r"_l\d+", k)]))]
-    counts = {f"{k} levels": last[f"_levels{k}"] for k in range(len(rates) + 1) if f"_levels{k}" in last}
-    if not rates:
+    levels = sum(1 for key in last if re.fullmatch(r"_l\d+", key))
+    if not levels:
         raise ValueError(f"the run logged no {prefix}_l* scalars (CollisionMonitor on a UniGRec run)")
+    rates = [last[f"_l{i}"] for i in range(levels)]
+    counts = {f"{k} levels": last[f"_levels{k}"] for k in range(levels + 1) if f"_levels{k}" in last}
     return rates, counts
 
 
