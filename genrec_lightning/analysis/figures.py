@@ -130,8 +130,8 @@ def plot_purity_gain(ids: SemanticIds, item_frequencies: Tensor, title: str = ""
         ordered = torch.sort(used, descending=True).values
         ax.bar(range(len(ordered)), ordered.tolist(), width=1.0, color="tab:green")
         mean = float(used.mean()) if len(used) else float("nan")
-        # NaN codes: every item under them is alone in its prefix, where purity is undefined.
-        ax.set_title(f"level {level + 1}: {len(used)} codes with a gain, mean {mean:.3f}", fontsize=9)
+        # Unused codes have no gain (NaN) and are left out.
+        ax.set_title(f"level {level + 1}: {len(used)} codes used, mean gain {mean:.3f}", fontsize=9)
         ax.set_xlabel("code (sorted by purity gain)")
         ax.set_ylabel("avg purity gain")
     fig.suptitle(title or "Average purity gain per token (Figure 1)")
