@@ -13,7 +13,7 @@ import pytest
 import torch
 import yaml
 from PIL import Image
-from test_unigrec import ROOT, stages, tiny_unigrec_config  # noqa: F401  (module fixture `stages`)
+from test_unigrec import ROOT, stages, tiny_data_args, tiny_unigrec_config  # noqa: F401  (module fixture `stages`)
 from torch.utils.tensorboard import SummaryWriter
 
 from genrec_lightning.analysis import figures as F
@@ -136,13 +136,7 @@ def tiny_curriculum_config(stages: dict[str, Any], tmp_path: Path, decay: float)
     cfg["model"]["init_args"]["network"]["init_args"] = dict(TINY_T5)
     cfg["model"]["init_args"]["loss"]["init_args"]["decay"] = decay
     cfg["model"]["init_args"]["warmup_steps"] = 2
-    cfg["data"]["init_args"].update(
-        cache_dir=str(stages["tmp"] / "cache"),
-        encoder={"class_path": "conftest.HashEncoder", "init_args": {"dim": 8}},
-        tokenizer=str(stages["paths"]["pretrain"]),
-        batch_size=32,
-        eval_batch_size=128,
-    )
+    cfg["data"]["init_args"].update(tiny_data_args(stages))
     limits = {"limit_train_batches": 8, "limit_val_batches": 1, "limit_test_batches": 2}
     cfg["trainer"].update(max_epochs=1, check_val_every_n_epoch=1, log_every_n_steps=1, **limits)
     cfg["trainer"]["enable_progress_bar"] = False

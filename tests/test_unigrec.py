@@ -299,6 +299,17 @@ def scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
     return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
 
 
+def tiny_data_args(stages: dict[str, Any]) -> dict[str, Any]:
+    """Datamodule options of a tiny experiment on the module's stages (8-d hash encoder, stage-1 IDs)."""
+    return {
+        "cache_dir": str(stages["tmp"] / "cache"),
+        "encoder": {"class_path": "conftest.HashEncoder", "init_args": {"dim": 8}},
+        "tokenizer": str(stages["paths"]["pretrain"]),
+        "batch_size": 32,
+        "eval_batch_size": 128,
+    }
+
+
 def tiny_unigrec_config(stages: dict[str, Any], tmp_path: Path, **model_args: Any) -> Path:
     """configs/unigrec.yaml shrunk to seconds on the module's tiny stages: 2 epochs of 4 steps."""
     with open(ROOT / "configs/unigrec.yaml") as f:
@@ -306,14 +317,7 @@ def tiny_unigrec_config(stages: dict[str, Any], tmp_path: Path, **model_args: An
     net = cfg["model"]["init_args"]["network"]["init_args"]
     net.update(d_model=16, d_ff=32, d_kv=8, num_heads=2, num_encoder_layers=1, num_decoder_layers=1)
     cfg["model"]["init_args"].update(beam_size=20, warmup_steps=2, assignment_temperature=1.0, **model_args)
-    cfg["data"]["init_args"].update(
-        cache_dir=str(stages["tmp"] / "cache"),
-        encoder={"class_path": "conftest.HashEncoder", "init_args": {"dim": 8}},
-        tokenizer=str(stages["paths"]["pretrain"]),
-        teacher=str(stages["paths"]["teacher"]),
-        batch_size=32,
-        eval_batch_size=128,
-    )
+    cfg["data"]["init_args"].update(tiny_data_args(stages), teacher=str(stages["paths"]["teacher"]))
     limits = {"limit_train_batches": 4, "limit_val_batches": 2, "limit_test_batches": 2}
     cfg["trainer"].update(max_epochs=2, check_val_every_n_epoch=1, log_every_n_steps=1, **limits)
     cfg["trainer"]["enable_progress_bar"] = False
