@@ -28,6 +28,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from genrec_lightning.artifacts import META_FILE, atomic_dir, read_meta, write_json_atomic
+from genrec_lightning.errors import GenRecError
 
 PAD, EOS, BOS = 0, 1, 2
 NUM_SPECIAL_TOKENS = 3
@@ -47,7 +48,7 @@ _REQUIRED_META = (*_FILE_META, *_TABLE_META, "statistics")
 _INT_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
 
 
-class ArtifactMismatchError(ValueError):
+class ArtifactMismatchError(GenRecError, ValueError):
     """A stored artifact was built from another dataset/config, or was modified after it was written."""
 
 

@@ -16,12 +16,14 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
+from genrec_lightning.errors import GenRecError
+
 log = logging.getLogger(__name__)
 
 ROW = "_row"
 
 
-class EmptyDatasetError(ValueError):
+class EmptyDatasetError(GenRecError, ValueError):
     """Filtering left nothing to train on; the message names the filter responsible."""
 
 

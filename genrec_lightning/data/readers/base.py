@@ -27,6 +27,7 @@ from typing import Any
 import polars as pl
 
 from genrec_lightning.artifacts import file_fingerprint
+from genrec_lightning.errors import GenRecError
 
 log = logging.getLogger(__name__)
 
@@ -34,11 +35,11 @@ INTERACTION_COLUMNS = ("user", "item", "timestamp")
 _CHUNK_ROWS = 200_000
 
 
-class DataNotFoundError(FileNotFoundError):
+class DataNotFoundError(GenRecError, FileNotFoundError):
     """A raw data file is missing; the message says where to get it."""
 
 
-class MalformedDataError(ValueError):
+class MalformedDataError(GenRecError, ValueError):
     """A raw data file has a line that cannot be parsed; the message names file and line."""
 
 
