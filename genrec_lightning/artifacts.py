@@ -4,7 +4,8 @@ Every stage writes its output into a directory named after the hash of the confi
 built from, plus a `meta.json` holding that configuration. A reader checks the stored
 configuration against the one it expects, so an artifact built from another config is rebuilt,
 never silently reused, and a directory only appears once it is complete (write to a temporary
-sibling, then rename), so nothing half-written is ever read back.
+sibling, then rename), so nothing half-written is ever read back. Artifacts get the permissions a
+plain `mkdir`/`open` would give (the process umask decides), so a shared cache stays readable.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
+
+from genrec_lightning.errors import CorruptedArtifactError
 
 META_FILE = "meta.json"
 
@@ -48,16 +51,40 @@ def file_fingerprint(path: str | Path) -> dict[str, Any]:
     return {"name": p.name, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
+def process_umask() -> int:
+    """The process umask, read without changing it where the OS allows (/proc on Linux).
+
+    Setting and restoring it is the portable fallback; the short window where it is changed could
+    give a file created by another thread the wrong mode, hence the /proc read first.
+    """
+    with contextlib.suppress(OSError, ValueError), open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def corrupted_artifact(path: str | Path, directory: str | Path, problem: str) -> CorruptedArtifactError:
+    """The error for a cached file that exists but cannot be read back: what is wrong and the way out."""
+    return CorruptedArtifactError(
+        f"{path} {problem}: delete the directory {directory} and it is rebuilt on the next run"
+    )
+
+
 @contextlib.contextmanager
 def atomic_dir(target: str | Path) -> Iterator[Path]:
     """Yield a temporary directory that replaces `target` only if the block finishes.
 
     On error the temporary directory is removed and `target` (if it existed) is left untouched.
+    The directory gets the mode a plain mkdir would (mkdtemp makes it 0700 whatever the umask).
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
+        os.chmod(tmp, 0o777 & ~process_umask())
         yield tmp
         if target.exists():
             old = target.with_name(f".{target.name}.old-{os.getpid()}")
@@ -73,12 +100,16 @@ def atomic_dir(target: str | Path) -> Iterator[Path]:
 
 @contextlib.contextmanager
 def atomic_file(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path that replaces `path` only if the block finishes (removed on error)."""
+    """Yield a temporary path that replaces `path` only if the block finishes (removed on error).
+
+    The file gets the mode a plain open would (mkstemp makes it 0600 whatever the umask).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     os.close(fd)
     try:
+        os.chmod(tmp, 0o666 & ~process_umask())
         yield Path(tmp)
         os.replace(tmp, path)
     except BaseException:
@@ -94,12 +125,22 @@ def write_json_atomic(path: str | Path, data: Mapping[str, Any]) -> None:
 
 
 def read_meta(directory: str | Path) -> dict[str, Any] | None:
-    """The `meta.json` of an artifact directory, or None when the directory is absent or incomplete."""
+    """The `meta.json` of an artifact directory, or None when the directory is absent or incomplete.
+
+    A meta.json that is not a JSON object (truncated, edited by hand) raises `CorruptedArtifactError`
+    naming the file, instead of a bare JSON error from deep inside a stage.
+    """
     meta = Path(directory) / META_FILE
     if not meta.is_file():
         return None
-    with open(meta) as f:
-        return json.load(f)
+    try:
+        with open(meta, encoding="utf-8") as f:
+            record = json.load(f)
+    except ValueError as err:  # JSONDecodeError, UnicodeDecodeError
+        raise corrupted_artifact(meta, directory, f"is not valid JSON ({err})") from err
+    if not isinstance(record, dict):
+        raise corrupted_artifact(meta, directory, f"holds a JSON {type(record).__name__}, not an object")
+    return record
 
 
 def is_valid_artifact(directory: str | Path, config: Mapping[str, Any], files: tuple[str, ...]) -> bool:

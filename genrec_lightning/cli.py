@@ -4,6 +4,11 @@
     genrec data-stats --config configs/data/ml100k.yaml      # Table-2 statistics of a dataset
     genrec prepare --config configs/data/ml100k.yaml         # build every data artifact now
     genrec tokenize --config configs/rqvae.yaml              # build/reuse semantic IDs, print stats
+    genrec report runs/tiger/version_0                       # the papers' figures of finished runs
+
+Expected user errors (a missing file, a corrupted artifact, a bad setting, nothing to resume)
+print one line naming the problem and the fix and exit 1; `--verbose` or GENREC_VERBOSE=1 shows
+the traceback. SIGTERM stops a fit with exit 143 after writing a resumable `last.ckpt`.
 
 Models and datamodules are chosen by class (`--model X --data Y` or `class_path` in YAML); every
 constructor argument is an option with its docstring in `--help`.
@@ -14,16 +19,20 @@ from __future__ import annotations
 import contextlib
 import inspect
 import json
-import logging
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import lightning.pytorch as L
+import torch
 import yaml
-from jsonargparse import ArgumentParser
+from jsonargparse import ArgumentParser, Namespace
+from jsonargparse.typing import import_object
 from lightning.pytorch import LightningDataModule
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, _InstantiatorFn
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from genrec_lightning import __version__
 
@@ -31,7 +40,16 @@ from genrec_lightning import __version__
 # (`--trainer.callbacks+=TopKWriter`, `--data MovieLensDataModule`).
 from genrec_lightning import callbacks as _callbacks  # noqa: F401
 from genrec_lightning.artifacts import atomic_file
+from genrec_lightning.callbacks.resume import ResumeState
+from genrec_lightning.checkpoints import (
+    check_data,
+    check_model_class,
+    newest_last_checkpoint,
+    read_checkpoint,
+    run_dir_of,
+)
 from genrec_lightning.data.datamodules import ItemEmbeddingDataModule, SequenceDataModule
+from genrec_lightning.errors import ConfigError, GenRecError, RunError
 
 #: Sizes that flow from the datamodule to the model after instantiation (`link_arguments`).
 #: jsonargparse applies a link only when the chosen datamodule has the attribute and the chosen
@@ -51,6 +69,12 @@ class GenRecCLI(LightningCLI):
     """LightningCLI in subclass mode with the project's defaults (TensorBoard in `runs/`, seed 42)."""
 
     def __init__(self, args: Sequence[str] | None = None, **kwargs: Any) -> None:
+        argv = list(sys.argv[1:] if args is None else args)
+        #: The YAML files of the command line: relative paths inside them may be relative to these.
+        self.config_files = [Path(p) for p in _config_paths(argv)]
+        #: The checkpoint named by --ckpt_path, read before any stage is built (its data is checked
+        #: as soon as the datamodule exists, before a link can build semantic IDs).
+        self._checkpoint: tuple[Path, dict[str, Any]] | None = None
         kwargs.setdefault("subclass_mode_model", True)
         kwargs.setdefault("subclass_mode_data", True)
         kwargs.setdefault("seed_everything_default", 42)
@@ -77,6 +101,111 @@ class GenRecCLI(LightningCLI):
             default=True,
             help="after `fit`, test a recommender's best checkpoint (Recall/NDCG on the held-out items)",
         )
+        parser.add_argument(
+            "--allow_untrained",
+            type=bool,
+            default=False,
+            help="test/validate/predict a trainable model without --ckpt_path, i.e. its random initial "
+            "weights (a floor for comparisons); refused by default because it is almost always a mistake",
+        )
+
+    def _add_instantiators(self) -> None:
+        super()._add_instantiators()
+        # Check a given checkpoint against the datamodule the moment it exists: the size links
+        # that follow read `codebook_sizes`, which may train a tokenizer for the configured data.
+        build = _InstantiatorFn(cli=self, key="data")
+
+        def instantiate_data(
+            class_type: type, *args: Any, applied_instantiation_links: dict, **kwargs: Any
+        ) -> Any:
+            datamodule = build(
+                class_type, *args, applied_instantiation_links=applied_instantiation_links, **kwargs
+            )
+            self._check_checkpoint_data(datamodule)
+            return datamodule
+
+        self.parser.add_instantiator(instantiate_data, LightningDataModule, subclasses=True, prepend=True)
+
+    # ------------------------------------------------------------------ checks before any stage
+    def before_instantiate_classes(self) -> None:
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        resolve_input_paths(config.get("data"), self.config_files)
+        check_model_settings(config.get("model"))
+        if self.subcommand is None:
+            return
+        check_runs_dir(config.trainer)
+        self._resolve_checkpoint(config)
+
+    def _resolve_checkpoint(self, config: Namespace) -> None:
+        """`--ckpt_path`: refuse to score an untrained model, find `last`, read and vet the file."""
+        subcommand, given = self.subcommand, config.get("ckpt_path")
+        class_path = _class_path(config.get("model"))
+        if given is None:
+            if subcommand != "fit" and _trains(class_path) and not config.get("allow_untrained"):
+                raise RunError(
+                    f"genrec {subcommand} needs --ckpt_path: {class_path.rsplit('.', 1)[-1]} would be scored "
+                    "with untrained weights. Pass a checkpoint (e.g. runs/<name>/version_N/checkpoints/"
+                    "<best>.ckpt, or `last` for the newest run's last.ckpt), or --allow_untrained true"
+                )
+            return
+        if given in ("best", "hpc", "registry") or str(given).startswith("registry:"):
+            return  # Lightning's own names, resolved inside the trainer
+        path = self._find_last(config) if given == "last" else Path(given)
+        checkpoint = read_checkpoint(path)
+        check_model_class(checkpoint, path, class_path)
+        config.ckpt_path = str(path)
+        self._checkpoint = (path, {k: checkpoint[k] for k in ("genrec_data",) if k in checkpoint})
+        if subcommand == "fit":
+            self._continue_run(config, path)
+
+    def _find_last(self, config: Namespace) -> Path:
+        dirpath = _checkpoint_dirpath(config.trainer)
+        logger = _logger_init_args(config.trainer)
+        if dirpath is not None:
+            candidate = Path(dirpath) / "last.ckpt"
+            found = candidate if candidate.is_file() else None
+            where = str(candidate)
+        elif logger is not None:
+            save_dir, name = logger.get("save_dir", "runs"), logger.get("name", "genrec")
+            found = newest_last_checkpoint(save_dir, name)
+            where = f"{Path(save_dir) / name}/version_*/checkpoints/last.ckpt"
+        else:
+            raise RunError(
+                "--ckpt_path last needs a logger or a ModelCheckpoint dirpath to look in; pass a path"
+            )
+        if found is None:
+            raise RunError(
+                f"--ckpt_path last: no checkpoint at {where}; start the run without --ckpt_path, "
+                "or pass the path of a .ckpt file"
+            )
+        return found
+
+    def _continue_run(self, config: Namespace, path: Path) -> None:
+        """Resuming a checkpoint of `<save_dir>/<name>/version_N` logs on into that same run."""
+        logger = _logger_init_args(config.trainer)
+        if logger is None or logger.get("version") is not None:
+            return
+        run = run_dir_of(path, logger.get("save_dir", "runs"), logger.get("name", "genrec"))
+        if run is None:
+            return
+        logger["version"] = int(run.name.split("_", 1)[1])
+        # The continued run's settings (e.g. a raised max_epochs) replace the stored config.yaml.
+        self.save_config_kwargs = {**self.save_config_kwargs, "overwrite": True}
+
+    def _check_checkpoint_data(self, datamodule: Any) -> None:
+        if self._checkpoint is None:
+            return
+        path, checkpoint = self._checkpoint
+        data = _sequence_data(datamodule)
+        if isinstance(data, SequenceDataModule):
+            check_data(checkpoint, path, {"dataset": data.reader.name, "data_hash": data.data_hash})
+
+    def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
+        trainer = super().instantiate_trainer(**kwargs)
+        # Every fit keeps `last.ckpt` at its last step and leaves one behind on SIGTERM.
+        if self.subcommand == "fit" and trainer.checkpoint_callback is not None:
+            trainer.callbacks.append(ResumeState())
+        return trainer
 
     def _parse_ckpt_path(self) -> None:
         # LightningCLI would merge the checkpoint's saved hyperparameters *over* the given config,
@@ -173,6 +302,123 @@ class GenRecCLI(LightningCLI):
             self.trainer.callbacks.append(TopKWriter())
 
 
+# ---------------------------------------------------------------------------- config checks
+#: Data options that name input files (stage configs, artifacts). Relative ones are looked up in
+#: the working directory, then next to each --config file and its parent directories, so
+#: `genrec fit --config /path/to/repo/configs/tiger.yaml` works from any directory.
+INPUT_PATH_KEYS = ("tokenizer", "teacher")
+
+
+def _config_paths(args: Sequence[str]) -> list[str]:
+    """The files given with `--config FILE` / `--config=FILE`, in order."""
+    paths = []
+    for i, arg in enumerate(args):
+        if arg.startswith("--config="):
+            paths.append(arg.split("=", 1)[1])
+        elif arg == "--config" and i + 1 < len(args):
+            paths.append(args[i + 1])
+    return paths
+
+
+def _leaves(namespace: Namespace) -> list[tuple[Namespace, str, Any]]:
+    out = []
+    for key, value in vars(namespace).items():
+        if isinstance(value, Namespace):
+            out += _leaves(value)
+        else:
+            out.append((namespace, key, value))
+    return out
+
+
+def resolve_input_paths(data: Any, config_files: Sequence[Path]) -> None:
+    """Make relative `tokenizer`/`teacher` paths absolute, or fail before anything is created."""
+    if not isinstance(data, Namespace):
+        return
+    for owner, key, value in _leaves(data):
+        if key not in INPUT_PATH_KEYS or not isinstance(value, (str, Path)) or Path(value).is_absolute():
+            continue
+        if Path(value).exists():
+            continue
+        bases = [d for f in config_files for d in (f.resolve().parent, *f.resolve().parent.parents)]
+        found = next((base / value for base in dict.fromkeys(bases) if (base / value).exists()), None)
+        if found is None:
+            where = ", ".join(str(f) for f in config_files) or "no --config file"
+            raise ConfigError(
+                f"data option {key}: {value} does not exist in the working directory {Path.cwd()} nor "
+                f"next to the config files ({where}) or their parent directories; pass an absolute "
+                "path or run from the repository root"
+            )
+        owner[key] = str(found)
+
+
+def _class_path(section: Any) -> str:
+    return str(section.get("class_path") or "") if isinstance(section, Namespace) else ""
+
+
+def _trains(class_path: str) -> bool:
+    """Whether the module has a training step (MostPopular, say, has nothing to train)."""
+    if not class_path:
+        return False
+    cls = import_object(class_path)
+    return isinstance(cls, type) and cls.training_step is not L.LightningModule.training_step
+
+
+def check_model_settings(model: Any) -> None:
+    """Range checks of the model's own settings (beam size, learning rate, ...) before any stage runs:
+    the model is built only after the datamodule, whose size links may train a tokenizer first."""
+    class_path = _class_path(model)
+    if not class_path:
+        return
+    check: Callable[[dict[str, Any]], None] | None = getattr(
+        import_object(class_path), "check_settings", None
+    )
+    if callable(check):
+        init_args = model.get("init_args")
+        check(init_args.as_dict() if isinstance(init_args, Namespace) else dict(init_args or {}))
+
+
+def _logger_init_args(trainer: Namespace) -> Namespace | None:
+    """init_args of the first configured logger that writes under a save_dir (TensorBoard, CSV)."""
+    loggers = trainer.get("logger")
+    for logger in loggers if isinstance(loggers, list) else [loggers]:
+        init_args = logger.get("init_args") if isinstance(logger, Namespace) else None
+        if isinstance(init_args, Namespace) and "save_dir" in init_args:
+            return init_args
+    return None
+
+
+def _checkpoint_dirpath(trainer: Namespace) -> str | None:
+    for callback in trainer.get("callbacks") or []:
+        if isinstance(callback, Namespace) and _class_path(callback).endswith("ModelCheckpoint"):
+            dirpath = (callback.get("init_args") or Namespace()).get("dirpath")
+            if dirpath:
+                return str(dirpath)
+    return None
+
+
+def check_runs_dir(trainer: Namespace) -> None:
+    """The logger's and checkpoints' directories must be writable before hours of work start.
+
+    Nothing is created here: the nearest existing ancestor of each directory must be a writable
+    directory (a refused run leaves no empty run or checkpoint folders behind).
+    """
+    logger = _logger_init_args(trainer)
+    dirs = [(Path(logger.get("save_dir") or "."), "--trainer.logger.init_args.save_dir")] if logger else []
+    dirpath = _checkpoint_dirpath(trainer)
+    if dirpath is not None:
+        dirs.append((Path(dirpath), "the ModelCheckpoint dirpath"))
+    for directory, option in dirs:
+        existing = directory.absolute()
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+            reason = "is not a directory" if not existing.is_dir() else "is not writable"
+            raise RunError(
+                f"cannot write to {directory} ({existing} {reason}): "
+                f"choose a writable directory with {option}"
+            )
+
+
 def _config_section(args: list[str]) -> list[str]:
     """Turn `--config FILE` into `--data <json>` so experiment YAMLs (with model/trainer) also work."""
     out: list[str] = []
@@ -181,13 +427,15 @@ def _config_section(args: list[str]) -> list[str]:
         arg = args[i]
         if arg == "--config" or arg.startswith("--config="):
             if "=" not in arg and i + 1 >= len(args):
-                raise SystemExit("--config needs a YAML file path")
+                raise ConfigError("--config needs a YAML file path")
             path = arg.split("=", 1)[1] if "=" in arg else args[i + 1]
             i += 1 if "=" in arg else 2
+            if not Path(path).is_file():
+                raise ConfigError(f"config file {path} does not exist: check the path given to --config")
             with open(path) as f:
                 loaded = yaml.safe_load(f) or {}
-            if "data" not in loaded:
-                raise SystemExit(f"{path} has no `data:` section")
+            if not isinstance(loaded, dict) or "data" not in loaded:
+                raise ConfigError(f"{path} has no `data:` section: pass a data or experiment config")
             out += ["--data", json.dumps(loaded["data"])]
             continue
         out.append(arg)
@@ -235,6 +483,7 @@ def data_command(command: str, args: list[str]) -> None:
     )
     parser = _data_parser(f"genrec {command}", description)
     cfg = parser.parse_args(_config_section(args))
+    resolve_input_paths(cfg.data, [Path(p) for p in _config_paths(args)])
     datamodule = parser.instantiate_classes(cfg).data
     data = _sequence_data(datamodule)
     stats = data.statistics()
@@ -254,15 +503,6 @@ def data_command(command: str, args: list[str]) -> None:
         )
 
 
-def _config_path(args: list[str]) -> str:
-    for i, arg in enumerate(args):
-        if arg.startswith("--config="):
-            return arg.split("=", 1)[1]
-        if arg == "--config" and i + 1 < len(args):
-            return args[i + 1]
-    raise SystemExit("genrec tokenize needs --config <tokenizer YAML>, e.g. configs/rqvae.yaml")
-
-
 def tokenize_command(args: list[str]) -> None:
     """`tokenize`: build (or reuse from the cache) a tokenizer config's semantic IDs; print statistics."""
     from genrec_lightning.modules.tokenizer import format_id_stats
@@ -276,8 +516,12 @@ def tokenize_command(args: list[str]) -> None:
         "ratios and Figure-1 purity gains.",
     )
     parser.add_argument("--force", type=bool, default=False, help="rebuild even if a cached artifact exists")
-    config = _config_path(args)
+    configs = _config_paths(args)
+    if not configs:
+        raise ConfigError("genrec tokenize needs --config <tokenizer YAML>, e.g. configs/rqvae.yaml")
+    config = configs[0]
     cfg = parser.parse_args(_config_section(args))
+    resolve_input_paths(cfg.data, [Path(p) for p in configs])
     data = _sequence_data(parser.instantiate_classes(cfg).data)
     # With --json, stdout is the JSON document only; training output of a build goes to stderr.
     with contextlib.redirect_stdout(sys.stderr) if cfg.json else contextlib.nullcontext():
@@ -294,25 +538,103 @@ def tokenize_command(args: list[str]) -> None:
 DATA_COMMANDS = ("data-stats", "prepare")
 
 
-def main(args: Sequence[str] | None = None) -> None:
-    """Console entry point (`genrec`, `python -m genrec_lightning`)."""
-    argv = list(sys.argv[1:] if args is None else args)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    if argv and argv[0] in ("--version", "-V"):
-        print(f"genrec_lightning {__version__}")
-        return
-    if argv and argv[0] in DATA_COMMANDS:
-        data_command(argv[0], argv[1:])
-        return
-    if argv and argv[0] == "tokenize":
+#: Every subcommand with what it does, for `genrec --help` and a bare `genrec`.
+COMMANDS: dict[str, str] = {
+    "fit": "train a model from a config, then test its best checkpoint (Recall/NDCG)",
+    "validate": "score a checkpoint on the validation targets",
+    "test": "score a checkpoint on the held-out last items; writes test_metrics.json",
+    "predict": "write the ranked top-k lists of the test users (predictions.parquet)",
+    "prepare": "build every data artifact of a dataset now (splits, item embeddings)",
+    "data-stats": "print a dataset's statistics (interactions, users, items, history length)",
+    "tokenize": "build or reuse the semantic IDs of a tokenizer config and print their statistics",
+    "report": "draw the papers' figures and CSV tables from finished runs",
+}
+
+
+def usage() -> str:
+    """The overview printed by `genrec --help` (each subcommand has its own --help)."""
+    width = max(len(name) for name in COMMANDS)
+    lines = [
+        f"genrec_lightning {__version__}: generative recommendation with semantic IDs",
+        "",
+        "usage: genrec <command> --config <yaml> [--config <delta yaml>] [--section.option value ...]",
+        "",
+        "commands:",
+        *(f"  {name:{width}}  {text}" for name, text in COMMANDS.items()),
+        "",
+        "options of every command: genrec <command> --help. Other flags:",
+        "  --version        print the version",
+        "  --verbose        show the traceback of an error (also GENREC_VERBOSE=1)",
+        "",
+        "example: genrec fit --config configs/tiger_curriculum.yaml --config configs/presets/cpu.yaml",
+    ]
+    return "\n".join(lines)
+
+
+def _dispatch(argv: list[str]) -> None:
+    command = argv[0]
+    if command in DATA_COMMANDS:
+        data_command(command, argv[1:])
+    elif command == "tokenize":
         tokenize_command(argv[1:])
-        return
-    if argv and argv[0] == "report":
+    elif command == "report":
         from genrec_lightning.analysis.report import main as report_main
 
         report_main(argv[1:])
+    else:
+        GenRecCLI(args=argv)
+
+
+def _close_process_group(clean: bool) -> None:
+    """Destroy the DDP process group before the interpreter exits.
+
+    Lightning destroys it only for NCCL; a gloo group left alive lets its C++ worker threads be
+    torn down by the exit handlers, which aborts the process at random with "terminate called
+    without an active exception" (SIGABRT) after the run has finished. The barrier keeps one rank
+    from tearing down while another still talks to it.
+    """
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
         return
-    GenRecCLI(args=None if args is None else argv)
+    with contextlib.suppress(Exception):
+        if clean:
+            torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
 
 
-__all__ = ["GenRecCLI", "format_statistics", "main"]
+def main(args: Sequence[str] | None = None) -> None:
+    """Console entry point (`genrec`, `python -m genrec_lightning`)."""
+    argv = list(sys.argv[1:] if args is None else args)
+    verbose = "--verbose" in argv or os.environ.get("GENREC_VERBOSE", "") not in ("", "0")
+    argv = [arg for arg in argv if arg != "--verbose"]
+    from genrec_lightning.output import configure_output
+
+    configure_output()
+    if argv and argv[0] in ("--version", "-V"):
+        print(f"genrec_lightning {__version__}")
+        return
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage(), file=sys.stdout if argv else sys.stderr)
+        if not argv:
+            raise SystemExit(2)
+        return
+    clean = False
+    try:
+        _dispatch(argv)
+        clean = True
+    except SIGTERMException:
+        # Lightning's SIGTERMException is a SystemExit with code 0: a killed run would look done.
+        print(
+            "genrec: stopped by SIGTERM. Resume with the same command plus --ckpt_path last",
+            file=sys.stderr,
+        )
+        raise SystemExit(143) from None
+    except GenRecError as err:
+        if verbose:
+            raise
+        print(f"genrec: error: {err}", file=sys.stderr)
+        raise SystemExit(1) from None
+    finally:
+        _close_process_group(clean)
+
+
+__all__ = ["COMMANDS", "GenRecCLI", "format_statistics", "main", "usage"]

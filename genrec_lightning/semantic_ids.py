@@ -24,7 +24,8 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import save_file
 from torch import Tensor
 
 from genrec_lightning.artifacts import META_FILE, atomic_dir, read_meta, write_json_atomic
@@ -45,6 +46,10 @@ _BUILD_HINT = "build it with `genrec tokenize --config <tokenizer yaml>`"
 _FILE_META = ("format", "sha256")
 _TABLE_META = ("num_items", "codebook_sizes", "raw_codebook_sizes", "dedup")
 _REQUIRED_META = (*_FILE_META, *_TABLE_META, "statistics")
+#: Key of the safetensors header entry that records the table's description (`_TABLE_META`) inside the
+#: checksummed file, so a meta.json edited afterwards is caught even where the tensors alone allow it
+#: (a larger codebook size).
+_HEADER_KEY = "table"
 _INT_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
 
 
@@ -624,6 +629,7 @@ class SemanticIds:
             save_file(
                 {"codes": self._codes.contiguous(), "raw_codes": self._raw.contiguous()},
                 str(tmp / CODES_FILE),
+                metadata={_HEADER_KEY: json.dumps(derived, sort_keys=True)},
             )
             for name, state in (tensors or {}).items():
                 if name in (CODES_FILE, META_FILE) or Path(name).name != name:
@@ -668,23 +674,33 @@ class SemanticIds:
             wanted = _as_json(value)
             if key not in record or record[key] != wanted:
                 found = record.get(key, "<missing>")
+                # The artifact may be a valid one of another dataset: never advise deleting it.
                 raise ArtifactMismatchError(
                     f"semantic ID artifact {directory} was built for another dataset/config: "
-                    f"meta key {key!r} is {found!r}, expected {wanted!r}; point to the right artifact "
-                    f"or delete {directory} to rebuild"
+                    f"meta key {key!r} is {found!r}, expected {wanted!r}; point `tokenizer` at this "
+                    "dataset's semantic-ID artifact, or at the tokenizer YAML (e.g. configs/rqvae.yaml), "
+                    "which builds this dataset's own entry"
                 )
         if _sha256(path) != record.get("sha256"):
             raise ArtifactMismatchError(f"{path} was modified or corrupted; delete {directory} to rebuild")
-        tensors = load_file(str(path))
-        sizes = record["codebook_sizes"]
-        if tensors["codes"].shape[0] != record["num_items"]:
-            raise ArtifactMismatchError(f"{path} disagrees with its meta.json; delete {directory} to rebuild")
-        return cls(
-            tensors["codes"],
-            sizes,
-            raw_codes=tensors["raw_codes"],
-            dedup=record["dedup"],
-            meta={k: v for k, v in record.items() if k not in _FILE_META},
+        with safe_open(str(path), framework="pt") as f:
+            header = f.metadata() or {}
+            tensors = {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118 (a handle, not a dict)
+        problem = _stored_table_problem(record, tensors, header)
+        if problem is None:
+            try:
+                return cls(
+                    tensors["codes"],
+                    record["codebook_sizes"],
+                    raw_codes=tensors["raw_codes"],
+                    dedup=record["dedup"],
+                    meta={k: v for k, v in record.items() if k not in _FILE_META},
+                )
+            except (ValueError, TypeError) as err:  # codes outside the stored sizes, bad dedup name
+                problem = str(err).split(";")[0]
+        raise ArtifactMismatchError(
+            f"semantic ID artifact {directory} is corrupted or was modified after it was written "
+            f"({problem}); delete {directory} and {_BUILD_HINT}"
         )
 
     def equal(self, other: SemanticIds) -> bool:
@@ -725,6 +741,40 @@ def _check_table(codes: Tensor, sizes: Sequence[int], name: str) -> None:
                 else f"pass a codebook size >= {value + 1} for level {level} or fix the tokenizer output"
             )
             raise ValueError(f"{name} level {level} holds code {value}, outside [0, {size}); {fix}")
+
+
+def _stored_table_problem(
+    record: Mapping[str, Any], tensors: Mapping[str, Tensor], header: Mapping[str, str]
+) -> str | None:
+    """What in meta.json contradicts the checksummed tensor file, or None when they agree.
+
+    The checksum covers the tensors only, so meta.json is checked against them: against the table
+    description written into the file's header (artifacts written since it is stored there) and
+    against the tensor shapes (every artifact).
+    """
+    if "codes" not in tensors or "raw_codes" not in tensors:
+        return f"{CODES_FILE} lacks the 'codes'/'raw_codes' tensors"
+    if _HEADER_KEY in header:
+        written = json.loads(header[_HEADER_KEY])
+        for key in _TABLE_META:
+            if record[key] != written.get(key):
+                found, wrote = record[key], written.get(key)
+                return f"meta.json says {key} = {found!r} but the table was written with {wrote!r}"
+    codes, raw = tensors["codes"], tensors["raw_codes"]
+    sizes, raw_sizes = record["codebook_sizes"], record["raw_codebook_sizes"]
+    if not isinstance(sizes, list) or not isinstance(raw_sizes, list):
+        return "meta.json codebook_sizes/raw_codebook_sizes are not lists"
+    expected = {
+        "codes": (record["num_items"], len(sizes)),
+        "raw_codes": (record["num_items"], len(raw_sizes)),
+    }
+    for name, tensor in (("codes", codes), ("raw_codes", raw)):
+        if tuple(tensor.shape) != expected[name]:
+            shape, described = list(tensor.shape), list(expected[name])
+            return f"meta.json describes {name} of shape {described}, the file holds {shape}"
+    if raw_sizes != sizes[: len(raw_sizes)]:
+        return f"meta.json raw_codebook_sizes {raw_sizes} are not the first levels of codebook_sizes {sizes}"
+    return None
 
 
 def _as_json(value: Any) -> Any:

@@ -329,15 +329,18 @@ def load_teacher(directory: str | Path, data: SequenceDataModule) -> torch.Tenso
         )
     for key, wanted in teacher_expectation(data).items():
         if meta.get(key) != wanted:
-            raise ArtifactMismatchError(
+            raise ArtifactMismatchError(  # it may be a valid teacher of another dataset: keep it
                 f"teacher {directory} was built for another dataset/split: {key!r} is "
-                f"{meta.get(key, '<missing>')!r}, expected {wanted!r}. Train the teacher on this "
-                "dataset's training split (name its YAML, e.g. configs/sasrec.yaml, as `teacher`)"
+                f"{meta.get(key, '<missing>')!r}, expected {wanted!r}; point `teacher` at this dataset's "
+                "teacher artifact, or at the teacher YAML (e.g. configs/sasrec.yaml), which trains this "
+                "dataset's own entry"
             )
     vectors = load_file(str(path))["item_embeddings"]
     if vectors.ndim != 2 or vectors.shape[0] != data.num_items or not bool(torch.isfinite(vectors).all()):
         raise ArtifactMismatchError(
-            f"{path} holds {tuple(vectors.shape)} (or non-finite) embeddings; delete it"
+            f"teacher artifact {directory} is corrupted or was modified after it was written ({path} "
+            f"holds {tuple(vectors.shape)} or non-finite embeddings, expected {data.num_items} finite "
+            f"rows); delete {directory} and train it again by naming the teacher YAML as `teacher`"
         )
     return vectors
 

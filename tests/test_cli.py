@@ -66,11 +66,14 @@ def test_data_stats_prints_filtered_figures(tmp_path: Path, capsys: pytest.Captu
     assert f"{stats['interactions']:,}" in table and "history mean length" in table
 
 
-def test_data_stats_missing_file_is_a_clear_error(tmp_path: Path) -> None:
-    from genrec_lightning.data.readers import DataNotFoundError
-
-    with pytest.raises(DataNotFoundError, match="yelp_academic_dataset_review.json"):
+def test_data_stats_missing_file_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """An expected user error is one line on stderr and exit 1, no traceback."""
+    with pytest.raises(SystemExit) as done:
         main(["data-stats", "--data", "YelpDataModule", "--data.root", str(tmp_path)])
+    assert done.value.code == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("genrec: error:") and "yelp_academic_dataset_review.json" in err
+    assert len(err.splitlines()) == 1
 
 
 def test_module_entry_point_runs() -> None:

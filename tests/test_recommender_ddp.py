@@ -146,9 +146,10 @@ def test_ddp_sasrec_test_equals_single_process(tmp_path: Path, data: dict[str, A
               "--trainer.logger.init_args.save_dir", str(tmp_path / "runs"),
               "--trainer.enable_progress_bar", "false"]  # fmt: skip
     # No checkpoint: both runs test the same seeded initial weights (seed_everything in the YAML).
-    genrec("test", config, *common, "--trainer.logger.init_args.name", "one", "--trainer.devices", "1")
+    genrec("test", config, *common, "--trainer.logger.init_args.name", "one", "--trainer.devices", "1",
+           "--allow_untrained", "true")  # fmt: skip
     genrec("test", config, *common, "--trainer.logger.init_args.name", "two", "--trainer.devices", "2",
-           "--trainer.strategy", "ddp", "--trainer.accelerator", "cpu")  # fmt: skip
+           "--trainer.strategy", "ddp", "--trainer.accelerator", "cpu", "--allow_untrained", "true")  # fmt: skip
     one, two = (json.loads(next((tmp_path / "runs" / name).glob("version_*/test_metrics.json")).read_text())
                 for name in ("one", "two"))  # fmt: skip
     assert one["metrics"].keys() == two["metrics"].keys()

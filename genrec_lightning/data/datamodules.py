@@ -4,12 +4,14 @@
 reader to use. Artifacts are cached under `cache_dir/<dataset>/<config hash>/` and built once,
 under a file lock, by whichever process needs them first (global rank 0 in `prepare_data`, or
 any process that reads a size property for `link_arguments` before that); the others wait and
-load the finished files.
+load the finished files. A complete artifact is found without the lock, so a read-only cache
+(shared, or on a read-only mount) serves every run that needs nothing new.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from abc import ABC, abstractmethod
 from functools import cached_property
 from pathlib import Path
@@ -20,18 +22,21 @@ import numpy as np
 import polars as pl
 import torch
 from filelock import FileLock
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from genrec_lightning.artifacts import (
     atomic_dir,
     config_hash,
+    corrupted_artifact,
     is_valid_artifact,
     read_meta,
     write_json_atomic,
 )
 from genrec_lightning.data import preprocess as pp
 from genrec_lightning.data.datasets import (
+    EpochShuffleSampler,
     ItemEmbeddings,
+    ResumableLoader,
     SequenceSamples,
     UnpaddedDistributedSampler,
     collate_batch,
@@ -46,6 +51,7 @@ from genrec_lightning.data.readers import (
     Yelp,
     build_item_text,
 )
+from genrec_lightning.errors import ConfigError
 from genrec_lightning.semantic_ids import SemanticIds
 
 log = logging.getLogger(__name__)
@@ -56,10 +62,68 @@ SEQUENCE_FILES = ("interactions.parquet", "items.parquet", "users.parquet")
 EMBEDDING_FILES = ("embeddings.npy",)
 
 
+def check_loader_settings(owner: str, **settings: int) -> None:
+    """Refuse batch sizes < 1 and negative worker counts at construction, before any stage runs
+    (a DataLoader would only complain once the expensive preprocessing and encoding are done)."""
+    for name, value in settings.items():
+        minimum = 0 if name == "num_workers" else 1
+        if value < minimum:
+            raise ConfigError(
+                f"{owner}: {name} must be >= {minimum}, got {value}; set it to {minimum} or more"
+            )
+
+
+def _read_parquet(path: Path, columns: list[str] | None = None) -> pl.DataFrame:
+    """A parquet file of a cached artifact; a truncated or garbled one names itself and the fix."""
+    try:
+        return pl.read_parquet(path, columns=columns)
+    except pl.exceptions.PolarsError as err:
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise corrupted_artifact(path, path.parent, f"cannot be read ({reason})") from err
+
+
 def _distributed_world() -> tuple[int, int]:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_world_size(), torch.distributed.get_rank()
     return 1, 0
+
+
+def _batches_done_this_epoch(trainer: L.Trainer | None) -> int:
+    """Training batches of the current epoch already run before the checkpoint being resumed.
+
+    Non-zero only while Lightning restores a checkpoint written inside an epoch (preemption, a
+    step-based save): the epoch has started but not finished, and the batch counter says how far
+    it got. Read when the training loader is built, which Lightning does after the restore.
+    """
+    loop = getattr(trainer, "fit_loop", None)
+    if loop is None or not loop.restarting:
+        return 0
+    epochs = loop.epoch_progress.total
+    if not (epochs.started == epochs.ready and epochs.processed == epochs.started - 1):
+        return 0
+    return int(loop.epoch_loop.batch_progress.current.processed)
+
+
+def training_loader(
+    dataset: Dataset, batch_size: int, num_workers: int, trainer: L.Trainer | None
+) -> ResumableLoader:
+    """Shuffled training batches in an order set by (run seed, epoch), sharded over ranks, starting
+    after the batches that a mid-epoch checkpoint already trained on (exact resume)."""
+    world, rank = _distributed_world()
+    seed = int(os.environ.get("PL_GLOBAL_SEED", 0))  # seed_everything's; Lightning's DDP sampler reads it too
+    sampler = EpochShuffleSampler(dataset, num_replicas=world, rank=rank, seed=seed)
+    sampler.skip_next(lambda: _batches_done_this_epoch(trainer) * batch_size)
+    return ResumableLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        # Each new iterator draws a worker base seed from this generator instead of the global
+        # RNG, so starting an epoch does not shift the dropout stream a resumed run restores.
+        generator=torch.Generator().manual_seed(seed + rank),
+        collate_fn=collate_batch,
+        num_workers=num_workers,
+        persistent_workers=num_workers > 0,
+    )
 
 
 class SequenceDataModule(L.LightningDataModule, ABC):
@@ -103,8 +167,21 @@ class SequenceDataModule(L.LightningDataModule, ABC):
                 artifact directory (item embeddings + meta.json). None: no teacher.
         """
         super().__init__()
-        if min(min_user_interactions, min_item_interactions) < 1 or max_history < 1:
-            raise ValueError("min_*_interactions and max_history must be positive")
+        for name, value in (
+            ("min_user_interactions", min_user_interactions),
+            ("min_item_interactions", min_item_interactions),
+            ("max_history", max_history),
+        ):
+            if value < 1:
+                raise ConfigError(
+                    f"{type(self).__name__}: {name} must be >= 1, got {value}; set it to 1 or more"
+                )
+        check_loader_settings(
+            type(self).__name__,
+            batch_size=batch_size,
+            eval_batch_size=eval_batch_size,
+            num_workers=num_workers,
+        )
         self.min_user_interactions = min_user_interactions
         self.min_item_interactions = min_item_interactions
         self.max_history = max_history
@@ -154,13 +231,19 @@ class SequenceDataModule(L.LightningDataModule, ABC):
         return self.cache_dir / self.reader.name / self.data_hash
 
     def _lock(self) -> FileLock:
+        """The cache's build lock; taken only when something must be built (it writes a lock file)."""
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         return FileLock(str(self.cache_dir / f".{self.reader.name}.lock"))
 
     def build_artifacts(self) -> Path:
-        """Build the preprocessed artifact unless a valid one for this config exists; return its dir."""
+        """Build the preprocessed artifact unless a valid one for this config exists; return its dir.
+
+        A complete artifact is returned before the lock is taken, so a cache hit writes nothing.
+        """
         target = self.artifact_dir
         config = self.preprocess_config()
+        if is_valid_artifact(target, config, SEQUENCE_FILES):
+            return target
         with self._lock():
             if is_valid_artifact(target, config, SEQUENCE_FILES):
                 return target
@@ -241,10 +324,12 @@ class SequenceDataModule(L.LightningDataModule, ABC):
         data_dir = self.build_artifacts()
         target = self.embedding_dir()
         config = self.embedding_config()
+        if is_valid_artifact(target, config, EMBEDDING_FILES):  # a cache hit writes nothing
+            return target
         with self._lock():
             if is_valid_artifact(target, config, EMBEDDING_FILES):
                 return target
-            texts = pl.read_parquet(data_dir / "items.parquet", columns=["text"])["text"].to_list()
+            texts = _read_parquet(data_dir / "items.parquet", columns=["text"])["text"].to_list()
             log.info("Encoding %d item texts with %s", len(texts), self.encoder.model)
             vectors = np.asarray(self.encoder.encode(texts), dtype=np.float32)
             if vectors.ndim != 2 or len(vectors) != len(texts):
@@ -259,11 +344,14 @@ class SequenceDataModule(L.LightningDataModule, ABC):
     def item_embeddings(self) -> torch.Tensor:
         """Item embeddings `[num_items, dim]` (float32), built if missing; checked for NaN/inf."""
         directory = self.build_embeddings()
-        vectors = np.load(directory / "embeddings.npy")
+        path = directory / "embeddings.npy"
+        try:
+            vectors = np.load(path)
+        except (ValueError, EOFError) as err:  # truncated data or header
+            raise corrupted_artifact(path, directory, f"cannot be read ({err})") from err
         if vectors.ndim != 2 or vectors.shape[0] != self.num_items:
-            raise ValueError(
-                f"{directory}/embeddings.npy has shape {vectors.shape}, expected ({self.num_items}, dim); "
-                "delete the directory to rebuild it"
+            raise corrupted_artifact(
+                path, directory, f"has shape {vectors.shape}, expected ({self.num_items}, dim)"
             )
         check_finite(vectors, f"{directory}/embeddings.npy")
         return torch.from_numpy(vectors)
@@ -395,7 +483,7 @@ class SequenceDataModule(L.LightningDataModule, ABC):
 
     def _load_sequences(self) -> pp.Sequences:
         if self._sequences is None:
-            frame = pl.read_parquet(self.build_artifacts() / "interactions.parquet")
+            frame = _read_parquet(self.build_artifacts() / "interactions.parquet")
             self._sequences = pp.to_sequences(frame, self.num_users)
         return self._sequences
 
@@ -423,14 +511,7 @@ class SequenceDataModule(L.LightningDataModule, ABC):
         return self._splits[name]
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(
-            self.split("train"),
-            batch_size=self.batch_size,
-            shuffle=True,
-            collate_fn=collate_batch,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-        )
+        return training_loader(self.split("train"), self.batch_size, self.num_workers, self.trainer)
 
     def _eval_loader(self, name: Literal["val", "test"]) -> DataLoader:
         dataset = self.split(name)
@@ -549,6 +630,7 @@ class ItemEmbeddingDataModule(L.LightningDataModule):
             num_workers: DataLoader worker processes.
         """
         super().__init__()
+        check_loader_settings(type(self).__name__, batch_size=batch_size, num_workers=num_workers)
         self.data = data
         self.batch_size = batch_size
         self.num_workers = num_workers
@@ -579,12 +661,13 @@ class ItemEmbeddingDataModule(L.LightningDataModule):
 
     def _loader(self, shuffle: bool) -> DataLoader:
         dataset = ItemEmbeddings(self.embeddings)
+        if shuffle:
+            return training_loader(dataset, self.batch_size, self.num_workers, self.trainer)
         world, rank = _distributed_world()
-        sampler = UnpaddedDistributedSampler(dataset, world, rank) if world > 1 and not shuffle else None
+        sampler = UnpaddedDistributedSampler(dataset, world, rank) if world > 1 else None
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
-            shuffle=shuffle,
             sampler=sampler,
             collate_fn=collate_batch,
             num_workers=self.num_workers,

@@ -7,11 +7,13 @@ out-of-range id, so a consumer that forgets the mask fails loudly instead of rea
 
 from __future__ import annotations
 
+import itertools
 import math
-from collections.abc import Iterator, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
-from torch.utils.data import Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 
 class SequenceSamples(Dataset):
@@ -110,3 +112,51 @@ class UnpaddedDistributedSampler(DistributedSampler):
 
     def __len__(self) -> int:
         return self.num_samples
+
+
+class EpochShuffleSampler(DistributedSampler):
+    """Training order that depends on (seed, epoch) only, sharded over ranks.
+
+    `RandomSampler` draws each epoch's order from the global RNG, so a run resumed from a
+    checkpoint shuffles differently from one that never stopped. Here the order is the
+    `DistributedSampler` permutation of `seed + epoch` (Lightning calls `set_epoch`), the same on
+    one process as Lightning's own DDP sampler, and `skip_next(n)` drops the first `n` indices of
+    the next pass so a checkpoint taken mid-epoch continues with exactly the batches it had left.
+    """
+
+    def __init__(self, dataset: Dataset, num_replicas: int = 1, rank: int = 0, seed: int = 0) -> None:
+        super().__init__(
+            dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=False
+        )
+        self._skip: Callable[[], int] | None = None
+
+    def skip_next(self, samples: Callable[[], int]) -> None:
+        """Leave out the first `samples()` indices of the next iteration only (asked when it starts:
+        Lightning may build the loader before it restores the checkpoint's progress)."""
+        self._skip = samples
+
+    def __iter__(self) -> Iterator[int]:
+        skip, self._skip = self._skip, None
+        return itertools.islice(super().__iter__(), max(0, int(skip())) if skip else 0, None)
+
+
+class ResumableLoader(DataLoader):
+    """A training DataLoader over an `EpochShuffleSampler` that Lightning treats as resumable.
+
+    Its state is the shuffle seed; the position inside the epoch comes from the trainer's own
+    progress counters (see `SequenceDataModule.train_dataloader`), so nothing is counted twice.
+    """
+
+    sampler: EpochShuffleSampler
+
+    def state_dict(self) -> dict[str, int]:
+        return {"shuffle_seed": int(self.sampler.seed)}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        saved = state.get("shuffle_seed")
+        if saved is not None and int(saved) != int(self.sampler.seed):
+            warnings.warn(
+                f"resuming with seed {self.sampler.seed} but the checkpoint shuffled with seed {saved}: "
+                "the remaining epochs see another order than the interrupted run would have",
+                stacklevel=2,
+            )

@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from genrec_lightning.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 EMBEDDED_MINILM = "all-MiniLM-L6-v2"
@@ -53,6 +55,12 @@ class SentenceTransformerEncoder:
             allow_download: let sentence-transformers fetch a hub model that is not cached locally.
             show_progress: show a progress bar while encoding.
         """
+        if batch_size < 1:  # checked here, not after the preprocessing that precedes encoding
+            raise ConfigError(f"encoder batch_size must be >= 1, got {batch_size}; set it to 1 or more")
+        if max_seq_length is not None and max_seq_length < 1:
+            raise ConfigError(
+                f"encoder max_seq_length must be >= 1 or null, got {max_seq_length}; set it to 1 or more"
+            )
         self.model = model
         self.batch_size = batch_size
         self.device = device

@@ -18,6 +18,7 @@ import lightning as L
 import torch
 from torch import Tensor
 
+from genrec_lightning.errors import ConfigError
 from genrec_lightning.generation import Ranking
 from genrec_lightning.metrics import (
     CoverageMetrics,
@@ -54,11 +55,10 @@ class RecommenderModule(L.LightningModule):
         super().__init__()
         if num_items < 1:
             raise ValueError(f"num_items must be positive, got {num_items}")
+        RecommenderModule.check_settings(
+            {"top_k": top_k, "metric_ks": metric_ks, "head_fraction": head_fraction, "coverage_k": coverage_k}
+        )
         ks = tuple(int(k) for k in metric_ks)
-        if top_k < max(ks):
-            raise ValueError(f"top_k={top_k} is shorter than the largest metric cutoff {max(ks)}")
-        if not 0.0 < head_fraction < 1.0:
-            raise ValueError(f"head_fraction must be in (0, 1), got {head_fraction}")
         self.num_items = num_items
         self.top_k = top_k
         self.metric_ks = ks
@@ -68,6 +68,24 @@ class RecommenderModule(L.LightningModule):
         self.test_metrics = RankingMetrics(ks, prefix="test/")
         self.test_diagnostics: torch.nn.ModuleDict = torch.nn.ModuleDict()
         self._data_identity: dict[str, Any] | None = None
+
+    @classmethod
+    def check_settings(cls, settings: dict[str, Any]) -> None:
+        """Range checks of settings that need no data. `genrec` runs them on the config before any
+        stage is built (a tokenizer may train before the model is constructed); __init__ too."""
+        ks = [int(k) for k in settings.get("metric_ks", (1, 5, 10, 20))]
+        if not ks or min(ks) < 1:
+            raise ConfigError(f"metric_ks must be positive cutoffs, got {ks}; e.g. [1, 5, 10, 20]")
+        top_k = settings.get("top_k")
+        if top_k is not None and int(top_k) < max(ks):
+            raise ConfigError(
+                f"top_k={top_k} is shorter than the largest metric cutoff {max(ks)}: set top_k >= {max(ks)}"
+            )
+        head = settings.get("head_fraction", 0.5)
+        if not 0.0 < float(head) < 1.0:
+            raise ConfigError(f"head_fraction must be in (0, 1), got {head}")
+        if int(settings.get("coverage_k", 10)) < 1:
+            raise ConfigError(f"coverage_k must be >= 1, got {settings.get('coverage_k')}")
 
     # ----------------------------------------------------------------- to implement
     @abstractmethod

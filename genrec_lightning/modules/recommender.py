@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from genrec_lightning.callbacks.objectives import CurriculumScheduler, ObjectiveWeights, token_losses
+from genrec_lightning.errors import ConfigError
 from genrec_lightning.generation import Ranking, beam_search, exact_ranking, exact_scores
 from genrec_lightning.losses import CrossEntropyTokenLoss, LossContext, TokenLoss
 from genrec_lightning.modules.base import RecommenderModule
@@ -77,6 +78,10 @@ class GenerativeRecommender(RecommenderModule):
                 "GenerativeRecommender needs semantic IDs: set `data.init_args.tokenizer` to a tokenizer "
                 "config (e.g. configs/rqvae.yaml) or a semantic-ID artifact directory"
             )
+        type(self).check_settings(
+            {"beam_size": beam_size, "metric_ks": metric_ks, "lr": lr, "warmup_steps": warmup_steps,
+             "max_history": max_history, "min_lr_ratio": min_lr_ratio}
+        )  # fmt: skip
         super().__init__(num_items, beam_size, metric_ks, head_fraction, coverage_k)
         self.save_hyperparameters(ignore=["network", "loss"])
         sizes = [int(s) for s in codebook_sizes]
@@ -104,6 +109,26 @@ class GenerativeRecommender(RecommenderModule):
         #: Scalars the loss reported on the last training batch (logged by `ObjectiveWeights`).
         self.loss_terms: dict[str, Tensor] = {}
         self.register_load_state_dict_post_hook(lambda module, _: module._refresh_ids())
+
+    @classmethod
+    def check_settings(cls, settings: dict[str, Any]) -> None:
+        """Beam and optimiser ranges (named as the user types them), then the base checks."""
+        ks = [int(k) for k in settings.get("metric_ks", (1, 5, 10, 20))]
+        beam = int(settings.get("beam_size", 20))
+        if beam < max(1, max(ks, default=1)):
+            raise ConfigError(
+                f"beam_size={beam} is too small: it must be >= 1 and >= the largest metric cutoff "
+                f"{max(ks, default=1)} (the beams are the ranked list); set beam_size to 20 or more"
+            )
+        if float(settings.get("lr", 1e-3)) <= 0:
+            raise ConfigError(f"lr must be positive, got {settings.get('lr')}")
+        if int(settings.get("warmup_steps", 0)) < 0:
+            raise ConfigError(f"warmup_steps must be >= 0, got {settings.get('warmup_steps')}")
+        if int(settings.get("max_history", 20)) < 1:
+            raise ConfigError(f"max_history must be >= 1, got {settings.get('max_history')}")
+        if not 0.0 <= float(settings.get("min_lr_ratio", 0.0)) <= 1.0:
+            raise ConfigError(f"min_lr_ratio must be in [0, 1], got {settings.get('min_lr_ratio')}")
+        super().check_settings({k: v for k, v in settings.items() if k != "beam_size"})
 
     def _refresh_ids(self) -> None:
         self._has_ids = bool((self.item_id_table >= 0).all())

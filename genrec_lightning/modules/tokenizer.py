@@ -255,9 +255,10 @@ class TokenizerModule(L.LightningModule):
             self.artifact_meta["checkpoint"] = str(best)
         self.write_semantic_ids()
 
-    def configure_optimizers(self) -> torch.optim.Optimizer | None:
+    def configure_optimizers(self) -> torch.optim.Optimizer | list[torch.optim.Optimizer]:
         if not self.tokenizer.trainable:
-            return None
+            # No optimiser: an empty list, which Lightning takes silently (`None` warns on every fit).
+            return []
         return torch.optim.AdamW(
             self.tokenizer.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay
         )
@@ -295,7 +296,16 @@ class TokenizerModule(L.LightningModule):
             weights = {TOKENIZER_FILE: self.tokenizer.state_dict()} if self.tokenizer.state_dict() else {}
             for target in targets:
                 ids.save(target, meta={"statistics": stats}, tensors=weights)
-            log.info("Semantic IDs written to %s\n%s", ", ".join(map(str, targets)), format_id_stats(stats))
+            # The headline only: `genrec tokenize` prints the full table (format_id_stats) itself,
+            # also for a cached artifact, so logging it here too showed it twice.
+            log.info(
+                "Semantic IDs written to %s (%s items, collision rate before dedup %.4f, unique after "
+                "dedup %.4f; `genrec tokenize --config <yaml>` prints the per-level statistics)",
+                ", ".join(map(str, targets)),
+                f"{stats['num_items']:,}",
+                stats["collision_rate"],
+                stats["unique_ratio"],
+            )
             if self.logger is not None:
                 flat = {
                     "ids/collision_rate": stats["collision_rate"],
@@ -310,6 +320,13 @@ class TokenizerModule(L.LightningModule):
         return targets[0]
 
 
+def _fixed(value: float, width: int = 8, digits: int = 3) -> str:
+    """`value` to `digits` decimals, with no "-0.000": the entropy of a one-code level is -0.0
+    (`-xlogy(1, 1)`), and tiny negative rounding noise reads as a real sign."""
+    rounded = round(float(value), digits) + 0.0  # -0.0 + 0.0 == +0.0
+    return f"{rounded:>{width}.{digits}f}"
+
+
 def format_id_stats(stats: dict[str, Any]) -> str:
     """Readable per-level table of `SemanticIds.statistics()` (usage, entropy, Table 1, Figure 1)."""
     lines = [
@@ -322,8 +339,8 @@ def format_id_stats(stats: dict[str, Any]) -> str:
     ]
     for level in range(stats["num_levels"]):
         lines.append(
-            f"{level + 1:>5}  {stats['usage'][level]:>7.2%}  {stats['entropy'][level]:>8.3f}  "
-            f"{stats['normalized_entropy'][level]:>8.3f}  {stats['filter_ratio'][level]:>8.2%}  "
-            f"{stats['purity_gain'][level]:>8.3f}"
+            f"{level + 1:>5}  {stats['usage'][level]:>7.2%}  {_fixed(stats['entropy'][level])}  "
+            f"{_fixed(stats['normalized_entropy'][level])}  {stats['filter_ratio'][level]:>8.2%}  "
+            f"{_fixed(stats['purity_gain'][level])}"
         )
     return "\n".join(lines)

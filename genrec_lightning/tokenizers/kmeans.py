@@ -14,6 +14,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from genrec_lightning.errors import ConfigError
+
 try:
     import faiss
 except ImportError as err:  # pragma: no cover - faiss-cpu is a hard dependency
@@ -22,6 +24,20 @@ except ImportError as err:  # pragma: no cover - faiss-cpu is a hard dependency
     ) from err
 
 DEFAULT_CHUNK_SIZE = 16384
+
+
+def check_codebooks(owner: str, num_levels: int, codebook_size: int) -> None:
+    """Refuse level/codebook settings that cannot give distinct IDs, at construction (before fitting).
+
+    One code per level gives every item the same token there: a one-code codebook would be accepted
+    by k-means and training, and only show up as a collision rate near 1 after the whole stage.
+    """
+    if num_levels < 1:
+        raise ConfigError(f"{owner}: num_levels must be >= 1, got {num_levels}; set it to 1 or more")
+    if codebook_size < 2:
+        raise ConfigError(
+            f"{owner}: codebook_size must be >= 2, got {codebook_size}; set it to 2 or more (e.g. 256)"
+        )
 
 
 def faiss_gpus() -> int:
@@ -187,11 +203,9 @@ class _KMeansTokenizer(nn.Module):
         self, input_dim: int, num_levels: int, codebook_size: int, code_dim: int, niter: int, seed: int
     ) -> None:
         super().__init__()
-        if input_dim < 1 or num_levels < 1 or codebook_size < 1:
-            raise ValueError(
-                f"input_dim, num_levels and codebook_size must be >= 1, got {input_dim}, {num_levels}, "
-                f"{codebook_size}"
-            )
+        check_codebooks(type(self).__name__, num_levels, codebook_size)
+        if input_dim < 1:
+            raise ConfigError(f"{type(self).__name__}: input_dim must be >= 1, got {input_dim}")
         self.input_dim = input_dim
         self.num_levels = num_levels
         self.codebook_size = codebook_size
@@ -287,8 +301,9 @@ class PQKMeans(_KMeansTokenizer):
             niter: k-means iterations per segment.
             seed: k-means seed (segment l uses seed + l).
         """
-        if num_levels < 1 or input_dim % num_levels:
-            raise ValueError(
+        check_codebooks(type(self).__name__, num_levels, codebook_size)
+        if input_dim % num_levels:
+            raise ConfigError(
                 f"PQKMeans splits the {input_dim}-d embedding into num_levels={num_levels} equal segments, "
                 f"so num_levels must divide input_dim; pick one of {_divisors(input_dim)}"
             )

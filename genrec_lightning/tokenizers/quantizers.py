@@ -21,7 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from genrec_lightning.errors import ConfigError
 from genrec_lightning.tokenizers.kmeans import (
+    check_codebooks,
     product_assign,
     product_kmeans,
     residual_assign,
@@ -80,10 +82,9 @@ class Quantizer(nn.Module, ABC):
         self, dim: int, num_levels: int, codebook_size: int, code_dim: int, kmeans_iters: int, seed: int
     ) -> None:
         super().__init__()
-        if dim < 1 or num_levels < 1 or codebook_size < 1:
-            raise ValueError(
-                f"dim, num_levels and codebook_size must be >= 1, got {dim}, {num_levels}, {codebook_size}"
-            )
+        check_codebooks(type(self).__name__, num_levels, codebook_size)
+        if dim < 1:
+            raise ConfigError(f"{type(self).__name__}: dim (the latent size) must be >= 1, got {dim}")
         self.dim = dim
         self.num_levels = num_levels
         self.codebook_size = codebook_size
@@ -215,7 +216,7 @@ class SoftResidualQuantizer(_ResidualCodebooks):
         """
         super().__init__(dim, num_levels, codebook_size, dim, kmeans_iters, seed)
         if uniformity_weight < 0:
-            raise ValueError(f"uniformity_weight must be >= 0, got {uniformity_weight}")
+            raise ConfigError(f"uniformity_weight must be >= 0, got {uniformity_weight}")
         self.temperature = temperature
         self.uniformity_weight = uniformity_weight
 
@@ -288,9 +289,10 @@ class ProductQuantizer(Quantizer):
             kmeans_iters: k-means iterations of the codebook initialisation.
             seed: k-means seed (segment l uses seed + l).
         """
-        if num_levels < 1 or dim % num_levels:
-            suggestion = max(num_levels, 1) * -(-dim // max(num_levels, 1))
-            raise ValueError(
+        check_codebooks(type(self).__name__, num_levels, codebook_size)
+        if dim % num_levels:
+            suggestion = num_levels * -(-dim // num_levels)
+            raise ConfigError(
                 f"ProductQuantizer splits the {dim}-d latent into num_levels={num_levels} equal segments; "
                 f"choose a latent_dim divisible by num_levels (e.g. {suggestion})"
             )

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from genrec_lightning.errors import ConfigError
 from genrec_lightning.tokenizers.kmeans import DEFAULT_CHUNK_SIZE
 from genrec_lightning.tokenizers.quantizers import Quantizer, ResidualQuantizer
 
@@ -107,7 +108,7 @@ class RQVAE(nn.Module):
         super().__init__()
         hidden = list(DEFAULT_HIDDEN_DIMS if hidden_dims is None else hidden_dims)
         if input_dim < 1 or latent_dim < 1 or chunk_size < 1:
-            raise ValueError(
+            raise ConfigError(
                 "input_dim, latent_dim and chunk_size must be >= 1, "
                 f"got {input_dim}, {latent_dim}, {chunk_size}"
             )

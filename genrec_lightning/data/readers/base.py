@@ -18,6 +18,7 @@ import gzip
 import io
 import json
 import logging
+import zlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -110,8 +111,20 @@ def open_text(path: str | Path, encoding: str = "utf-8") -> io.TextIOBase:
     return open(p, encoding=encoding, newline="")
 
 
+def _broken_gzip(path: Path, err: Exception) -> MalformedDataError:
+    """The error for a `.gz` file that cannot be decompressed (an interrupted or corrupted download)."""
+    if isinstance(err, EOFError):
+        problem = "is truncated (not a complete gzip file)"
+    elif isinstance(err, gzip.BadGzipFile):
+        problem = f"is not a gzip file ({err})"
+    else:
+        problem = f"is corrupted (gzip data error: {err})"
+    return MalformedDataError(f"{path} {problem}: download it again")
+
+
 def numbered_lines(path: Path, encoding: str) -> Iterator[tuple[int, str]]:
-    """Non-blank lines with their 1-based numbers; undecodable bytes are named by line."""
+    """Non-blank lines with their 1-based numbers; undecodable bytes are named by line, and a
+    truncated or corrupted `.gz` file by name (gzip reports it as a bare EOFError/OSError)."""
     with open_text(path, encoding) as f:
         number = 0
         while True:
@@ -122,6 +135,8 @@ def numbered_lines(path: Path, encoding: str) -> Iterator[tuple[int, str]]:
                     f"{path}:{number + 1}: bytes that are not valid {encoding} ({err.reason}); "
                     "re-encode the file or check that it is the right file"
                 ) from err
+            except (EOFError, gzip.BadGzipFile, zlib.error) as err:
+                raise _broken_gzip(path, err) from err
             if not line:
                 return
             number += 1
