@@ -356,11 +356,14 @@ def _class_path(section: Any) -> str:
 
 
 def _trains(class_path: str) -> bool:
-    """Whether the module has a training step (MostPopular, say, has nothing to train)."""
+    """Whether the module learns weights (a recommender says so; MostPopular has nothing to learn)."""
     if not class_path:
         return False
     cls = import_object(class_path)
-    return isinstance(cls, type) and cls.training_step is not L.LightningModule.training_step
+    if not isinstance(cls, type):
+        return False
+    default = cls.training_step is not L.LightningModule.training_step
+    return bool(getattr(cls, "requires_training", default))
 
 
 def check_model_settings(model: Any) -> None:
@@ -608,7 +611,7 @@ def main(args: Sequence[str] | None = None) -> None:
     argv = [arg for arg in argv if arg != "--verbose"]
     from genrec_lightning.output import configure_output
 
-    configure_output()
+    configure_output(verbose)
     if argv and argv[0] in ("--version", "-V"):
         print(f"genrec_lightning {__version__}")
         return

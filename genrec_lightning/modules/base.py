@@ -44,6 +44,10 @@ class RecommenderModule(L.LightningModule):
         coverage_k: list length for item coverage and the popularity-decile diagnostics.
     """
 
+    #: Whether the model learns weights (scoring it without a checkpoint scores random weights;
+    #: `genrec test` refuses that). False for models derived from the data alone (most-popular).
+    requires_training: bool = True
+
     def __init__(
         self,
         num_items: int,

@@ -117,6 +117,8 @@ class MostPopular(RecommenderModule):
     `genrec test` / `genrec validate`.
     """
 
+    requires_training = False
+
     def __init__(
         self,
         num_items: int,
