@@ -65,6 +65,14 @@ SIZE_LINKS: tuple[tuple[str, str], ...] = (
 )
 
 
+class UserErrorEscape(BaseException):
+    """Carries a GenRecError out of jsonargparse's instantiation, which rewraps `Exception`s."""
+
+    def __init__(self, error: GenRecError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
 class GenRecCLI(LightningCLI):
     """LightningCLI in subclass mode with the project's defaults (TensorBoard in `runs/`, seed 42)."""
 
@@ -118,10 +126,15 @@ class GenRecCLI(LightningCLI):
         def instantiate_data(
             class_type: type, *args: Any, applied_instantiation_links: dict, **kwargs: Any
         ) -> Any:
-            datamodule = build(
-                class_type, *args, applied_instantiation_links=applied_instantiation_links, **kwargs
-            )
-            self._check_checkpoint_data(datamodule)
+            try:
+                datamodule = build(
+                    class_type, *args, applied_instantiation_links=applied_instantiation_links, **kwargs
+                )
+                self._check_checkpoint_data(datamodule)
+            except GenRecError as err:
+                # jsonargparse would fold it into "Does not validate against any of the Union
+                # subtypes" with a config dump; carried past it, main() prints it as one line.
+                raise UserErrorEscape(err) from err
             return datamodule
 
         self.parser.add_instantiator(instantiate_data, LightningDataModule, subclasses=True, prepend=True)
@@ -622,7 +635,10 @@ def main(args: Sequence[str] | None = None) -> None:
         return
     clean = False
     try:
-        _dispatch(argv)
+        try:
+            _dispatch(argv)
+        except UserErrorEscape as escaped:
+            raise escaped.error from None
         clean = True
     except SIGTERMException:
         # Lightning's SIGTERMException is a SystemExit with code 0: a killed run would look done.

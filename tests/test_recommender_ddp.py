@@ -39,9 +39,11 @@ def test_ddp_predict_writes_one_complete_file(tmp_path: Path, data: dict[str, An
     cfg["data"]["init_args"]["eval_batch_size"] = 100
     config.write_text(yaml.safe_dump(cfg))
     one, two = tmp_path / "one.parquet", tmp_path / "two.parquet"
-    genrec("predict", config, "--trainer.devices", "1", "--trainer.callbacks+=TopKWriter",
+    genrec("predict", config, "--allow_untrained", "true", "--trainer.devices", "1",
+           "--trainer.callbacks+=TopKWriter",
            f"--trainer.callbacks.output_path={one}")  # fmt: skip
-    genrec("predict", config, "--trainer.devices", "2", "--trainer.strategy", "ddp",
+    genrec("predict", config, "--allow_untrained", "true", "--trainer.devices", "2",
+           "--trainer.strategy", "ddp",
            "--trainer.accelerator", "cpu", "--trainer.callbacks+=TopKWriter",
            f"--trainer.callbacks.output_path={two}")  # fmt: skip
     single, merged = pl.read_parquet(one), pl.read_parquet(two)
@@ -149,7 +151,8 @@ def test_ddp_sasrec_test_equals_single_process(tmp_path: Path, data: dict[str, A
     genrec("test", config, *common, "--trainer.logger.init_args.name", "one", "--trainer.devices", "1",
            "--allow_untrained", "true")  # fmt: skip
     genrec("test", config, *common, "--trainer.logger.init_args.name", "two", "--trainer.devices", "2",
-           "--trainer.strategy", "ddp", "--trainer.accelerator", "cpu", "--allow_untrained", "true")  # fmt: skip
+           "--trainer.strategy", "ddp", "--trainer.accelerator", "cpu",
+           "--allow_untrained", "true")  # fmt: skip
     one, two = (json.loads(next((tmp_path / "runs" / name).glob("version_*/test_metrics.json")).read_text())
                 for name in ("one", "two"))  # fmt: skip
     assert one["metrics"].keys() == two["metrics"].keys()
