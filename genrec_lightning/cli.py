@@ -42,6 +42,7 @@ from genrec_lightning import callbacks as _callbacks  # noqa: F401
 from genrec_lightning.artifacts import atomic_file
 from genrec_lightning.callbacks.resume import ResumeState
 from genrec_lightning.checkpoints import (
+    LAST,
     check_data,
     check_model_class,
     newest_last_checkpoint,
@@ -50,6 +51,7 @@ from genrec_lightning.checkpoints import (
 )
 from genrec_lightning.data.datamodules import ItemEmbeddingDataModule, SequenceDataModule
 from genrec_lightning.errors import ConfigError, GenRecError, RunError
+from genrec_lightning.modules.base import DATA_KEY
 
 #: Sizes that flow from the datamodule to the model after instantiation (`link_arguments`).
 #: jsonargparse applies a link only when the chosen datamodule has the attribute and the chosen
@@ -71,6 +73,25 @@ class UserErrorEscape(BaseException):
     def __init__(self, error: GenRecError) -> None:
         super().__init__(str(error))
         self.error = error
+
+
+def _escaping(build: Callable[..., Any], check: Callable[[Any], None] | None) -> Callable[..., Any]:
+    """An instantiator that lets our user errors through jsonargparse (which would fold them into
+    "Does not validate against any of the Union subtypes" with a config dump), then checks the
+    built object."""
+
+    def instantiate(class_type: type, *args: Any, applied_instantiation_links: dict, **kwargs: Any) -> Any:
+        try:
+            built = build(
+                class_type, *args, applied_instantiation_links=applied_instantiation_links, **kwargs
+            )
+            if check is not None:
+                check(built)
+        except GenRecError as err:
+            raise UserErrorEscape(err) from err
+        return built
+
+    return instantiate
 
 
 class GenRecCLI(LightningCLI):
@@ -121,23 +142,16 @@ class GenRecCLI(LightningCLI):
         super()._add_instantiators()
         # Check a given checkpoint against the datamodule the moment it exists: the size links
         # that follow read `codebook_sizes`, which may train a tokenizer for the configured data.
-        build = _InstantiatorFn(cli=self, key="data")
+        for key, base in (("data", LightningDataModule), ("model", L.LightningModule)):
+            build = _InstantiatorFn(cli=self, key=key)
+            check = self._check_checkpoint_data if key == "data" else None
+            self.parser.add_instantiator(_escaping(build, check), base, subclasses=True, prepend=True)
 
-        def instantiate_data(
-            class_type: type, *args: Any, applied_instantiation_links: dict, **kwargs: Any
-        ) -> Any:
-            try:
-                datamodule = build(
-                    class_type, *args, applied_instantiation_links=applied_instantiation_links, **kwargs
-                )
-                self._check_checkpoint_data(datamodule)
-            except GenRecError as err:
-                # jsonargparse would fold it into "Does not validate against any of the Union
-                # subtypes" with a config dump; carried past it, main() prints it as one line.
-                raise UserErrorEscape(err) from err
-            return datamodule
-
-        self.parser.add_instantiator(instantiate_data, LightningDataModule, subclasses=True, prepend=True)
+    def instantiate_classes(self) -> None:
+        try:
+            super().instantiate_classes()
+        except UserErrorEscape as escaped:
+            raise escaped.error from None
 
     # ------------------------------------------------------------------ checks before any stage
     def before_instantiate_classes(self) -> None:
@@ -167,7 +181,7 @@ class GenRecCLI(LightningCLI):
         checkpoint = read_checkpoint(path)
         check_model_class(checkpoint, path, class_path)
         config.ckpt_path = str(path)
-        self._checkpoint = (path, {k: checkpoint[k] for k in ("genrec_data",) if k in checkpoint})
+        self._checkpoint = (path, {k: checkpoint[k] for k in (DATA_KEY,) if k in checkpoint})
         if subcommand == "fit":
             self._continue_run(config, path)
 
@@ -175,13 +189,13 @@ class GenRecCLI(LightningCLI):
         dirpath = _checkpoint_dirpath(config.trainer)
         logger = _logger_init_args(config.trainer)
         if dirpath is not None:
-            candidate = Path(dirpath) / "last.ckpt"
+            candidate = Path(dirpath) / LAST
             found = candidate if candidate.is_file() else None
             where = str(candidate)
         elif logger is not None:
             save_dir, name = logger.get("save_dir", "runs"), logger.get("name", "genrec")
             found = newest_last_checkpoint(save_dir, name)
-            where = f"{Path(save_dir) / name}/version_*/checkpoints/last.ckpt"
+            where = f"{Path(save_dir) / name}/version_*/checkpoints/{LAST}"
         else:
             raise RunError(
                 "--ckpt_path last needs a logger or a ModelCheckpoint dirpath to look in; pass a path"
@@ -598,7 +612,8 @@ def _dispatch(argv: list[str]) -> None:
 
         report_main(argv[1:])
     else:
-        GenRecCLI(args=argv)
+        # From the console, LightningCLI reads sys.argv itself (it warns when given both).
+        GenRecCLI(args=None if argv == sys.argv[1:] else argv)
 
 
 def _close_process_group(clean: bool) -> None:
@@ -621,7 +636,11 @@ def main(args: Sequence[str] | None = None) -> None:
     """Console entry point (`genrec`, `python -m genrec_lightning`)."""
     argv = list(sys.argv[1:] if args is None else args)
     verbose = "--verbose" in argv or os.environ.get("GENREC_VERBOSE", "") not in ("", "0")
-    argv = [arg for arg in argv if arg != "--verbose"]
+    if "--verbose" in argv:
+        argv = [arg for arg in argv if arg != "--verbose"]
+        os.environ["GENREC_VERBOSE"] = "1"  # DDP ranks re-run the command line without the flag
+        if args is None:
+            sys.argv = [sys.argv[0], *argv]
     from genrec_lightning.output import configure_output
 
     configure_output(verbose)
@@ -635,10 +654,7 @@ def main(args: Sequence[str] | None = None) -> None:
         return
     clean = False
     try:
-        try:
-            _dispatch(argv)
-        except UserErrorEscape as escaped:
-            raise escaped.error from None
+        _dispatch(argv)
         clean = True
     except SIGTERMException:
         # Lightning's SIGTERMException is a SystemExit with code 0: a killed run would look done.

@@ -13,6 +13,7 @@ import lightning.pytorch as L
 import pytest
 import torch
 import yaml
+from jsonargparse import Namespace
 from lightning.pytorch.cli import LightningArgumentParser
 from test_recommender import ROOT, data, tiny_experiment  # noqa: F401  (module fixture `data`)
 
@@ -262,6 +263,25 @@ def test_verbose_shows_the_traceback(trained: dict[str, Path]) -> None:
     assert done.returncode == 1 and "Traceback" not in done.stderr
 
 
+def test_a_corrupted_artifact_found_while_linking_sizes_is_one_line(
+    tmp_path: Path,
+    data: dict[str, Any],  # noqa: F811
+) -> None:
+    """Errors raised inside jsonargparse's instantiation (here: reading `codebook_sizes` for the size
+    link) reach the console as our one line, not as a union-validation dump of the whole config."""
+    import shutil
+
+    broken = tmp_path / "ids"
+    shutil.copytree(data["ids"], broken)
+    (broken / "meta.json").write_text("{truncated")
+    config = experiment(tmp_path, data)
+    done = genrec("fit", "--config", str(config), "--data.init_args.tokenizer", str(broken))
+    assert done.returncode == 1
+    assert f"genrec: error: {broken / 'meta.json'} is not valid JSON" in done.stderr
+    assert "Traceback" not in done.stderr and "Union" not in done.stderr
+    assert "not recommended to provide both args" not in done.stderr  # console runs pass no args
+
+
 # ----------------------------------------------------------------------------- item 10: CLI surface
 def test_help_lists_every_subcommand(capsys: pytest.CaptureFixture) -> None:
     main(["--help"])
@@ -307,10 +327,6 @@ def test_relative_config_paths_resolve_from_another_directory(tmp_path: Path, ca
     cwd = Path.cwd()
     os.chdir(work)
     try:
-        parser = LightningArgumentParser(exit_on_error=False)
-        parser.add_argument("--data", type=dict)
-        from jsonargparse import Namespace
-
         data = Namespace(class_path="x", init_args=Namespace(tokenizer="configs/rqvae.yaml", teacher=None))
         resolve_input_paths(data, [ROOT / "configs" / "tiger.yaml"])
         assert data.init_args.tokenizer == str(ROOT / "configs" / "rqvae.yaml")

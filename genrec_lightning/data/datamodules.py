@@ -62,11 +62,10 @@ SEQUENCE_FILES = ("interactions.parquet", "items.parquet", "users.parquet")
 EMBEDDING_FILES = ("embeddings.npy",)
 
 
-def check_loader_settings(owner: str, **settings: int) -> None:
-    """Refuse batch sizes < 1 and negative worker counts at construction, before any stage runs
-    (a DataLoader would only complain once the expensive preprocessing and encoding are done)."""
+def check_minimum(owner: str, minimum: int, **settings: int) -> None:
+    """Refuse counts below `minimum` at construction, before any stage runs (a DataLoader or the
+    k-core filter would only complain after the expensive preprocessing and encoding)."""
     for name, value in settings.items():
-        minimum = 0 if name == "num_workers" else 1
         if value < minimum:
             raise ConfigError(
                 f"{owner}: {name} must be >= {minimum}, got {value}; set it to {minimum} or more"
@@ -93,7 +92,8 @@ def _batches_done_this_epoch(trainer: L.Trainer | None) -> int:
 
     Non-zero only while Lightning restores a checkpoint written inside an epoch (preemption, a
     step-based save): the epoch has started but not finished, and the batch counter says how far
-    it got. Read when the training loader is built, which Lightning does after the restore.
+    it got. Read when an epoch's iteration starts: Lightning may build the loader (to estimate
+    the number of steps) before it restores the checkpoint's progress.
     """
     loop = getattr(trainer, "fit_loop", None)
     if loop is None or not loop.restarting:
@@ -167,21 +167,17 @@ class SequenceDataModule(L.LightningDataModule, ABC):
                 artifact directory (item embeddings + meta.json). None: no teacher.
         """
         super().__init__()
-        for name, value in (
-            ("min_user_interactions", min_user_interactions),
-            ("min_item_interactions", min_item_interactions),
-            ("max_history", max_history),
-        ):
-            if value < 1:
-                raise ConfigError(
-                    f"{type(self).__name__}: {name} must be >= 1, got {value}; set it to 1 or more"
-                )
-        check_loader_settings(
-            type(self).__name__,
+        owner = type(self).__name__
+        check_minimum(
+            owner,
+            1,
+            min_user_interactions=min_user_interactions,
+            min_item_interactions=min_item_interactions,
+            max_history=max_history,
             batch_size=batch_size,
             eval_batch_size=eval_batch_size,
-            num_workers=num_workers,
         )
+        check_minimum(owner, 0, num_workers=num_workers)
         self.min_user_interactions = min_user_interactions
         self.min_item_interactions = min_item_interactions
         self.max_history = max_history
@@ -630,7 +626,8 @@ class ItemEmbeddingDataModule(L.LightningDataModule):
             num_workers: DataLoader worker processes.
         """
         super().__init__()
-        check_loader_settings(type(self).__name__, batch_size=batch_size, num_workers=num_workers)
+        check_minimum(type(self).__name__, 1, batch_size=batch_size)
+        check_minimum(type(self).__name__, 0, num_workers=num_workers)
         self.data = data
         self.batch_size = batch_size
         self.num_workers = num_workers

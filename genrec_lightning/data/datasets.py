@@ -120,8 +120,9 @@ class EpochShuffleSampler(DistributedSampler):
     `RandomSampler` draws each epoch's order from the global RNG, so a run resumed from a
     checkpoint shuffles differently from one that never stopped. Here the order is the
     `DistributedSampler` permutation of `seed + epoch` (Lightning calls `set_epoch`), the same on
-    one process as Lightning's own DDP sampler, and `skip_next(n)` drops the first `n` indices of
-    the next pass so a checkpoint taken mid-epoch continues with exactly the batches it had left.
+    one process as Lightning's own DDP sampler, and `skip_next(count)` drops the first `count()`
+    indices of the next pass so a checkpoint taken mid-epoch continues with exactly the batches it
+    had left.
     """
 
     def __init__(self, dataset: Dataset, num_replicas: int = 1, rank: int = 0, seed: int = 0) -> None:
@@ -144,7 +145,7 @@ class ResumableLoader(DataLoader):
     """A training DataLoader over an `EpochShuffleSampler` that Lightning treats as resumable.
 
     Its state is the shuffle seed; the position inside the epoch comes from the trainer's own
-    progress counters (see `SequenceDataModule.train_dataloader`), so nothing is counted twice.
+    progress counters (see `datamodules.training_loader`), so nothing is counted twice.
     """
 
     sampler: EpochShuffleSampler
