@@ -21,6 +21,7 @@ import inspect
 import json
 import os
 import sys
+import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -429,8 +430,8 @@ def _checkpoint_dirpath(trainer: Namespace) -> str | None:
 def check_runs_dir(trainer: Namespace) -> None:
     """The logger's and checkpoints' directories must be writable before hours of work start.
 
-    Nothing is created here: the nearest existing ancestor of each directory must be a writable
-    directory (a refused run leaves no empty run or checkpoint folders behind).
+    Nothing is left behind: a temporary file is created and removed in the nearest existing
+    ancestor of each directory (permission bits alone say nothing for root or on /proc-like mounts).
     """
     logger = _logger_init_args(trainer)
     dirs = [(Path(logger.get("save_dir") or "."), "--trainer.logger.init_args.save_dir")] if logger else []
@@ -441,12 +442,16 @@ def check_runs_dir(trainer: Namespace) -> None:
         existing = directory.absolute()
         while not existing.exists() and existing != existing.parent:
             existing = existing.parent
-        if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-            reason = "is not a directory" if not existing.is_dir() else "is not writable"
+        try:
+            if not existing.is_dir():
+                raise NotADirectoryError(f"{existing} is not a directory")
+            with tempfile.TemporaryFile(dir=existing):
+                pass
+        except OSError as err:
             raise RunError(
-                f"cannot write to {directory} ({existing} {reason}): "
+                f"cannot write to {directory} ({err.strerror or err} in {existing}): "
                 f"choose a writable directory with {option}"
-            )
+            ) from err
 
 
 def _config_section(args: list[str]) -> list[str]:

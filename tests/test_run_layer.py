@@ -245,14 +245,21 @@ def test_bad_settings_fail_before_any_stage(
     assert not tokenizer_runs.exists()
 
 
-def test_unwritable_runs_dir_fails_first(tmp_path: Path, trained: dict[str, Path], capsys) -> None:
+@pytest.mark.parametrize("where", ["under_a_file", "proc"])
+def test_unwritable_runs_dir_fails_first(
+    tmp_path: Path, trained: dict[str, Path], capsys, where: str
+) -> None:
+    """A runs dir below a file, or on a mount where even root cannot create files (/proc)."""
+    if where == "proc" and not Path("/proc/self").is_dir():
+        pytest.skip("no /proc on this OS")
     blocker = tmp_path / "a_file"
     blocker.write_text("")
+    save_dir = blocker / "runs" if where == "under_a_file" else Path("/proc/genrec_runs")
     config, tokenizer_runs = unbuilt_tokenizer(tmp_path, trained["config"])
     with pytest.raises(SystemExit) as done:
-        main(["fit", "--config", str(config), "--trainer.logger.init_args.save_dir", str(blocker / "runs")])
+        main(["fit", "--config", str(config), "--trainer.logger.init_args.save_dir", str(save_dir)])
     assert done.value.code == 1
-    assert "cannot write to" in capsys.readouterr().err
+    assert f"genrec: error: cannot write to {save_dir}" in capsys.readouterr().err
     assert not tokenizer_runs.exists()
 
 
