@@ -51,7 +51,7 @@ from genrec_lightning.checkpoints import (
     run_dir_of,
 )
 from genrec_lightning.data.datamodules import ItemEmbeddingDataModule, SequenceDataModule
-from genrec_lightning.errors import ConfigError, GenRecError, RunError
+from genrec_lightning.errors import ConfigError, GenRecError, RunError, user_errors_unwrapped
 from genrec_lightning.modules.base import DATA_KEY
 
 #: Sizes that flow from the datamodule to the model after instantiation (`link_arguments`).
@@ -66,33 +66,6 @@ SIZE_LINKS: tuple[tuple[str, str], ...] = (
     ("data.tokenizer_config", "model.init_args.tokenizer_config"),
     ("data.teacher_dim", "model.init_args.teacher_dim"),
 )
-
-
-class UserErrorEscape(BaseException):
-    """Carries a GenRecError out of jsonargparse's instantiation, which rewraps `Exception`s."""
-
-    def __init__(self, error: GenRecError) -> None:
-        super().__init__(str(error))
-        self.error = error
-
-
-def _escaping(build: Callable[..., Any], check: Callable[[Any], None] | None) -> Callable[..., Any]:
-    """An instantiator that lets our user errors through jsonargparse (which would fold them into
-    "Does not validate against any of the Union subtypes" with a config dump), then checks the
-    built object."""
-
-    def instantiate(class_type: type, *args: Any, applied_instantiation_links: dict, **kwargs: Any) -> Any:
-        try:
-            built = build(
-                class_type, *args, applied_instantiation_links=applied_instantiation_links, **kwargs
-            )
-            if check is not None:
-                check(built)
-        except GenRecError as err:
-            raise UserErrorEscape(err) from err
-        return built
-
-    return instantiate
 
 
 class GenRecCLI(LightningCLI):
@@ -143,16 +116,22 @@ class GenRecCLI(LightningCLI):
         super()._add_instantiators()
         # Check a given checkpoint against the datamodule the moment it exists: the size links
         # that follow read `codebook_sizes`, which may train a tokenizer for the configured data.
-        for key, base in (("data", LightningDataModule), ("model", L.LightningModule)):
-            build = _InstantiatorFn(cli=self, key=key)
-            check = self._check_checkpoint_data if key == "data" else None
-            self.parser.add_instantiator(_escaping(build, check), base, subclasses=True, prepend=True)
+        build = _InstantiatorFn(cli=self, key="data")
+
+        def instantiate_data(
+            class_type: type, *args: Any, applied_instantiation_links: dict, **kwargs: Any
+        ) -> Any:
+            datamodule = build(
+                class_type, *args, applied_instantiation_links=applied_instantiation_links, **kwargs
+            )
+            self._check_checkpoint_data(datamodule)
+            return datamodule
+
+        self.parser.add_instantiator(instantiate_data, LightningDataModule, subclasses=True, prepend=True)
 
     def instantiate_classes(self) -> None:
-        try:
+        with user_errors_unwrapped():  # our error, not jsonargparse's union dump of the config
             super().instantiate_classes()
-        except UserErrorEscape as escaped:
-            raise escaped.error from None
 
     # ------------------------------------------------------------------ checks before any stage
     def before_instantiate_classes(self) -> None:
@@ -519,7 +498,8 @@ def data_command(command: str, args: list[str]) -> None:
     parser = _data_parser(f"genrec {command}", description)
     cfg = parser.parse_args(_config_section(args))
     resolve_input_paths(cfg.data, [Path(p) for p in _config_paths(args)])
-    datamodule = parser.instantiate_classes(cfg).data
+    with user_errors_unwrapped():
+        datamodule = parser.instantiate_classes(cfg).data
     data = _sequence_data(datamodule)
     stats = data.statistics()
     stats["artifact_dir"] = str(data.artifact_dir)
@@ -557,7 +537,8 @@ def tokenize_command(args: list[str]) -> None:
     config = configs[0]
     cfg = parser.parse_args(_config_section(args))
     resolve_input_paths(cfg.data, [Path(p) for p in configs])
-    data = _sequence_data(parser.instantiate_classes(cfg).data)
+    with user_errors_unwrapped():
+        data = _sequence_data(parser.instantiate_classes(cfg).data)
     # With --json, stdout is the JSON document only; training output of a build goes to stderr.
     with contextlib.redirect_stdout(sys.stderr) if cfg.json else contextlib.nullcontext():
         directory = semantic_ids_dir(config, data, force=cfg.force)

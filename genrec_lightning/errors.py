@@ -7,6 +7,9 @@ lowest layer of the package: it imports nothing of ours, so every layer can rais
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 
 class GenRecError(Exception):
     """Base of every expected user error (bad input, a missing or corrupted artifact, a bad run)."""
@@ -24,4 +27,35 @@ class CorruptedArtifactError(GenRecError, ValueError):
     """A cached file exists but cannot be read back (truncated, edited, not what its name says)."""
 
 
-__all__ = ["ConfigError", "CorruptedArtifactError", "GenRecError", "RunError"]
+def user_error_in(error: BaseException | None) -> GenRecError | None:
+    """The GenRecError behind `error`, if any. Config libraries (jsonargparse) re-raise what a
+    constructor raised as their own error with a dump of the config; the original stays chained."""
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, GenRecError):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
+
+
+@contextlib.contextmanager
+def user_errors_unwrapped() -> Iterator[None]:
+    """Re-raise a GenRecError that another library wrapped (instantiating a config) as itself."""
+    try:
+        yield
+    except Exception as err:
+        found = user_error_in(err)
+        if found is None or found is err:
+            raise
+        raise found from None
+
+
+__all__ = [
+    "ConfigError",
+    "CorruptedArtifactError",
+    "GenRecError",
+    "RunError",
+    "user_error_in",
+    "user_errors_unwrapped",
+]

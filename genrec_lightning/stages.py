@@ -29,6 +29,7 @@ from safetensors.torch import load_file, save_file
 
 from genrec_lightning.artifacts import META_FILE, atomic_dir, config_hash, read_meta, write_json_atomic
 from genrec_lightning.data.datamodules import ItemEmbeddingDataModule, SequenceDataModule
+from genrec_lightning.errors import user_errors_unwrapped
 from genrec_lightning.modules.baselines import SequentialRecommender
 from genrec_lightning.modules.tokenizer import TOKENIZER_CONFIG_KEY, TOKENIZER_FILE, TokenizerModule
 from genrec_lightning.semantic_ids import ArtifactMismatchError, SemanticIds
@@ -180,7 +181,8 @@ def semantic_ids_dir(config_path: str | Path, data: SequenceDataModule, force: b
         cfg.trainer.devices, cfg.trainer.num_nodes, cfg.trainer.strategy = 1, 1, "auto"
         with isolated_rng():
             L.seed_everything(cfg.seed_everything, verbose=False)
-            init = parser.instantiate_classes(cfg)
+            with user_errors_unwrapped():
+                init = parser.instantiate_classes(cfg)
             model: TokenizerModule = init.model
             model.artifact_dir = target
             model.artifact_meta[TOKENIZER_CONFIG_KEY] = plain_config(cfg.model)
@@ -371,7 +373,8 @@ def teacher_dir(config_path: str | Path, data: SequenceDataModule, force: bool =
         cfg.trainer.devices, cfg.trainer.num_nodes, cfg.trainer.strategy = 1, 1, "auto"
         with isolated_rng():
             L.seed_everything(cfg.seed_everything, verbose=False)
-            init = parser.instantiate_classes(cfg)
+            with user_errors_unwrapped():
+                init = parser.instantiate_classes(cfg)
             trainer = L.Trainer(**init.trainer)
             trainer.fit(init.model, datamodule=loader)
             export_teacher(init.model, trainer, data, target)

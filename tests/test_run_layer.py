@@ -289,6 +289,37 @@ def test_a_corrupted_artifact_found_while_linking_sizes_is_one_line(
     assert "not recommended to provide both args" not in done.stderr  # console runs pass no args
 
 
+def test_a_bad_tokenizer_config_built_as_a_stage_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """A codebook of one code in a tokenizer YAML: refused at construction inside the stage build,
+    reported as our error (not jsonargparse's union dump), before any k-means runs."""
+    from test_tokenizer_stage import tiny_config, write_config
+
+    cfg = tiny_config(tmp_path, "configs/tokenizers/rqkmeans.yaml")
+    cfg["model"]["init_args"]["tokenizer"]["init_args"]["codebook_size"] = 1
+    with pytest.raises(SystemExit) as done:
+        main(["tokenize", "--config", str(write_config(tmp_path, cfg))])
+    assert done.value.code == 1
+    err = capsys.readouterr().err.strip()
+    assert err.splitlines()[-1] == (
+        "genrec: error: RQKMeans: codebook_size must be >= 2, got 1; set it to 2 or more (e.g. 256)"
+    )
+    assert "Union" not in err and not (tmp_path / "runs").exists()
+
+
+def test_user_error_is_found_behind_a_wrapping_error() -> None:
+    from genrec_lightning.errors import ConfigError, user_errors_unwrapped
+
+    with pytest.raises(ConfigError, match="original"), user_errors_unwrapped():
+        try:
+            raise ConfigError("original")
+        except ConfigError as err:
+            raise ValueError("Does not validate against any of the Union subtypes") from err
+    with pytest.raises(KeyError), user_errors_unwrapped():  # anything else passes unchanged
+        raise KeyError("a bug")
+
+
 # ----------------------------------------------------------------------------- item 10: CLI surface
 def test_help_lists_every_subcommand(capsys: pytest.CaptureFixture) -> None:
     main(["--help"])
