@@ -8,6 +8,12 @@ sweep resumes where it stopped and rows can be added later. The report is Markdo
 (Table 6), each mean ± sample standard deviation over the seeds that finished. Text below the
 line `<!-- notes: ... -->` of an existing report survives a rewrite, so analysis can live there.
 
+Every row is also compared with the baseline row user by user (`genrec compare`): each test
+user's metric is averaged over the row's seeds, and the tables give the relative difference
+with its bootstrap 95% CI and a `*` where the paired t-test over users has p < 0.05, as the
+token-weighting paper marks its Table 3. A finished run from before per-user files existed is
+tested again from its checkpoint to write its `test_users.parquet` (not with --report-only).
+
     python benchmarks/experiments.py \\
         --row "TIGER=configs/tiger.yaml" --row "+Curriculum=configs/tiger_curriculum.yaml" \\
         --preset configs/presets/cpu.yaml --seeds 0 1 2 --runs runs/experiments/ml100k \\
@@ -35,6 +41,14 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from genrec_lightning.analysis.compare import Side, compare_sides, load_side
+from genrec_lightning.analysis.significance import PairedComparison
+from genrec_lightning.callbacks.test_users import FILE_NAME as USERS_FILE
+from genrec_lightning.errors import GenRecError
 
 #: (column title, metric key) of the main table; Hit@K = Recall@K with one target per user.
 #: Text from this line on in an existing report is kept when the tables are rewritten (analysis).
@@ -84,6 +98,34 @@ def fit_command(row: Row, seed: int, runs: Path, preset: Sequence[str], extra: S
     return cmd + list(extra)
 
 
+def thread_env(threads: int) -> dict[str, str]:
+    env = dict(os.environ)
+    if threads > 0:
+        env |= {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    return env
+
+
+def write_test_users(directory: Path, threads: int) -> None:
+    """Write the per-user file of a run finished before such files existed: `genrec test` of the
+    checkpoint its fit tested, logging into the run's own directory (its config.yaml is kept)."""
+    if (directory / USERS_FILE).is_file():
+        return
+    metrics = directory / "test_metrics.json"
+    tested = json.loads(metrics.read_text()).get("checkpoint", "") if metrics.is_file() else ""
+    config = directory / "config.yaml"
+    if not tested or not Path(tested).is_file() or not config.is_file():
+        print(f"{directory}: no config.yaml or tested checkpoint, so no {USERS_FILE}", file=sys.stderr)
+        return
+    genrec = shutil.which("genrec", path=str(Path(sys.executable).parent)) or "genrec"
+    cmd = [genrec, "test", "--config", str(config), "--ckpt_path", tested]
+    print(f"[{directory}] writing {USERS_FILE}: {' '.join(cmd)}", flush=True)
+    with open(directory / "test_users.log", "w") as log:
+        proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=thread_env(threads), check=False)
+    if proc.returncode != 0 or not (directory / USERS_FILE).is_file():
+        log_file = directory / "test_users.log"
+        raise RuntimeError(f"testing {directory} again failed (exit {proc.returncode}); see {log_file}")
+
+
 def run_one(
     row: Row, seed: int, runs: Path, preset: Sequence[str], extra: Sequence[str], threads: int
 ) -> dict:
@@ -91,14 +133,13 @@ def run_one(
     directory = run_dir(runs, row, seed)
     result_file = directory / "result.json"
     if result_file.is_file():
+        write_test_users(directory, threads)
         return json.loads(result_file.read_text())
     if directory.exists():  # an unfinished earlier attempt: start it again from scratch
         shutil.rmtree(directory)
     directory.mkdir(parents=True)
     cmd = fit_command(row, seed, runs, preset, extra)
-    env = dict(os.environ)
-    if threads > 0:
-        env |= {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    env = thread_env(threads)
     print(f"[{row.name} seed {seed}] {' '.join(cmd)}", flush=True)
     start = time.perf_counter()
     with open(directory / "fit.log", "w") as log:
@@ -127,6 +168,7 @@ def load_results(runs: Path) -> dict[str, list[dict]]:
     out: dict[str, list[dict]] = {}
     for file in sorted(runs.glob("*/seed*/result.json")):
         record = json.loads(file.read_text())
+        record["dir"] = str(file.parent)  # not stored: the sweep may be moved
         out.setdefault(record["row"], []).append(record)
     return out
 
@@ -140,18 +182,156 @@ def mean_std(values: Sequence[float]) -> str:
     return f"{mean:.4f} ± {statistics.stdev(values):.4f}"
 
 
-def table(rows: dict[str, list[dict]], columns: Sequence[tuple[str, str]], with_runs: bool = False) -> str:
+#: row name -> metric key (e.g. "test/head/ndcg@10") -> its paired comparison with the baseline row.
+Comparisons = dict[str, dict[str, PairedComparison]]
+
+
+def table(
+    rows: dict[str, list[dict]],
+    columns: Sequence[tuple[str, str]],
+    with_runs: bool = False,
+    comparisons: Comparisons | None = None,
+) -> str:
+    """Mean ± std per row and column; `*` where the row differs from the baseline (p < 0.05)."""
     head = ["Model", *(title for title, _ in columns)] + (["seeds", "wall (min/run)"] if with_runs else [])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, records in rows.items():
         cells = [name]
         for _, key in columns:
-            cells.append(mean_std([r["metrics"][key] for r in records if key in r["metrics"]]))
+            found = (comparisons or {}).get(name, {}).get(key)
+            star = "*" if found is not None and found.significant else ""
+            cells.append(mean_std([r["metrics"][key] for r in records if key in r["metrics"]]) + star)
         if with_runs:
             seeds = ", ".join(str(r["seed"]) for r in sorted(records, key=lambda r: r["seed"]))
             cells += [seeds, f"{statistics.fmean(r['wall_s'] for r in records) / 60:.1f}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _split_key(key: str) -> tuple[str, str | None]:
+    """`test/head/ndcg@10` -> (`ndcg@10`, `head`); `test/ndcg@10` -> (`ndcg@10`, None)."""
+    parts = key.removeprefix("test/").split("/")
+    return parts[-1], (parts[0] if len(parts) == 2 else None)
+
+
+def _restrict(side: Side, group: str | None) -> Side:
+    if group is None:
+        return side
+    if "group" not in side.frame.columns:
+        raise GenRecError(f"{side.runs[0]} has no popularity groups in its per-user file")
+    return Side(side.runs, side.frame.filter(pl.col("group") == group), side.identity)
+
+
+def compare_rows(
+    rows: dict[str, list[dict]], baseline: str, keys: Sequence[str], resamples: int = 10_000, seed: int = 0
+) -> tuple[Comparisons, dict[str, str]]:
+    """Every row against the baseline row, user by user over their seeds (see `genrec compare`).
+
+    Returns the comparisons and, for rows that have none, the reason (no per-user files, ...)."""
+    metrics = sorted({_split_key(k)[0] for k in keys})
+    sides: dict[str, Side] = {}
+    problems: dict[str, str] = {}
+    for name, records in rows.items():
+        dirs = [Path(r["dir"]) for r in records if "dir" in r and (Path(r["dir"]) / USERS_FILE).is_file()]
+        if len(dirs) < len(records):
+            problems[name] = f"{len(records) - len(dirs)} of its {len(records)} runs have no {USERS_FILE}"
+            continue
+        try:
+            sides[name] = load_side(dirs, metrics)
+        except GenRecError as err:
+            problems[name] = str(err)
+    out: Comparisons = {}
+    base = sides.get(baseline)
+    if base is None:
+        return out, problems
+    for name, side in sides.items():
+        if name == baseline:
+            continue
+        try:
+            found = {}
+            for key in keys:
+                metric, group = _split_key(key)
+                a, b = _restrict(side, group), _restrict(base, group)
+                found[key] = compare_sides(a, b, [metric], resamples=resamples, seed=seed)[metric]
+            out[name] = found
+        except GenRecError as err:
+            problems[name] = str(err)
+    return out, problems
+
+
+def _relative_cell(result: PairedComparison) -> str:
+    if np.isnan(result.relative):
+        return "–"
+    star = "*" if result.significant else ""
+    return (f"{100 * result.relative:+.1f}%{star} [{100 * result.ci_low:+.1f}, {100 * result.ci_high:+.1f}]"
+            if not np.isnan(result.ci_low) else f"{100 * result.relative:+.1f}%{star}")  # fmt: skip
+
+
+def significance_table(
+    rows: dict[str, list[dict]],
+    baseline: str,
+    columns: Sequence[tuple[str, str]],
+    comparisons: Comparisons,
+    with_mde: bool = False,
+) -> str:
+    """Relative difference of each row from the baseline: per-user paired result where the runs
+    have per-user files (with the bootstrap 95% CI, `*` for p < 0.05), else from the means."""
+    if baseline not in rows:
+        return ""
+    mde = "MDE NDCG@10" if with_mde and any("test/ndcg@10" in c for c in comparisons.values()) else None
+    head = ["Model", *(t for t, _ in columns)] + ([mde] if mde else [])
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, records in rows.items():
+        if name == baseline:
+            continue
+        cells = [name]
+        found = comparisons.get(name, {})
+        for _, key in columns:
+            if key in found:
+                cells.append(_relative_cell(found[key]))
+                continue
+            values = [r["metrics"][key] for r in records if key in r["metrics"]]
+            base = [r["metrics"][key] for r in rows[baseline] if key in r["metrics"]]
+            if not values or not base or not statistics.fmean(base):
+                cells.append("–")
+                continue
+            cells.append(f"{100 * (statistics.fmean(values) / statistics.fmean(base) - 1):+.1f}% (means)")
+        if mde:
+            result = found.get("test/ndcg@10")
+            cells.append(f"{100 * result.min_detectable_relative:.1f}%" if result is not None else "–")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def significance_note(rows: dict[str, list[dict]], baseline: str, comparisons: Comparisons,
+                      problems: dict[str, str], resamples: int) -> str:  # fmt: skip
+    """What the stars mean, on how many users and seeds, and what these runs can detect."""
+    lines = []
+    if comparisons:
+        first = next(iter(next(iter(comparisons.values())).values()))  # a main-table metric: all users
+        seeds = {name: len(rows[name]) for name in [baseline, *comparisons]}
+        seed_text = ", ".join(f"{name} {n}" for name, n in seeds.items())
+        lines.append(
+            f"Against {baseline}, per test user: each user's metric is averaged over the seeds of its row "
+            f"({first.n} users; seeds per row: {seed_text}). Cells: the relative difference of the means "
+            f"with a percentile bootstrap {100 * first.confidence:g}% CI over users ({resamples:,} draws, "
+            f"seed 0); `*` marks p < {first.alpha:g} in a two-sided paired t-test over users (also in the "
+            "tables above and below). Head/tail cells compare the users whose target is in that group."
+        )
+        key = "test/ndcg@10"
+        mdes = [c[key].min_detectable_relative for c in comparisons.values() if key in c]
+        if mdes:
+            low, high = f"{100 * min(mdes):.1f}%", f"{100 * max(mdes):.1f}%"
+            span = f"{low} here" if low == high else f"{low} to {high} here"
+            lines.append(
+                f"MDE NDCG@10: the smallest relative NDCG@10 difference from {baseline} that these users and "
+                f"seeds detect with {100 * first.power:g}% power at p < {first.alpha:g}, from the observed "
+                f"variance of the per-user differences ({span}); a smaller true effect is likely to go "
+                "unmarked."
+            )
+    for name, problem in problems.items():
+        lines.append(f"No per-user comparison for {name}: {problem}.")
+    return "\n\n".join(lines)
 
 
 def per_seed_table(rows: dict[str, list[dict]]) -> str:
@@ -164,24 +344,6 @@ def per_seed_table(rows: dict[str, list[dict]]) -> str:
             for s in seeds
         ]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def relative_table(rows: dict[str, list[dict]], baseline: str) -> str:
-    """Change of each row's mean against the baseline row's mean, in %."""
-    if baseline not in rows:
-        return ""
-    base = {key: statistics.fmean(r["metrics"][key] for r in rows[baseline]) for _, key in MAIN_COLUMNS}
-    lines = ["| Model | " + " | ".join(t for t, _ in MAIN_COLUMNS) + " |"]
-    lines.append("|" + "---|" * (len(MAIN_COLUMNS) + 1))
-    for name, records in rows.items():
-        if name == baseline:
-            continue
-        cells = [name]
-        for _, key in MAIN_COLUMNS:
-            mean = statistics.fmean(r["metrics"][key] for r in records)
-            cells.append(f"{100 * (mean / base[key] - 1):+.1f}%" if base[key] else "–")
-        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -200,7 +362,16 @@ def threads_used(rows: dict[str, list[dict]]) -> str:
     return ", ".join("torch default" if t == 0 else str(t) for t in used) or "–"
 
 
-def report(rows: dict[str, list[dict]], title: str, baseline: str | None) -> str:
+def report(
+    rows: dict[str, list[dict]],
+    title: str,
+    baseline: str | None,
+    comparisons: Comparisons | None = None,
+    problems: dict[str, str] | None = None,
+    resamples: int = 10_000,
+) -> str:
+    """The Markdown report; `comparisons` (from `compare_rows`) adds CIs and significance stars."""
+    comparisons, problems = comparisons or {}, problems or {}
     levels = sorted({int(m.group(1)) for recs in rows.values() for r in recs
                      for k in r["metrics"] if (m := re.match(r"test/prefix(\d+)/", k))})  # fmt: skip
     group_cols = [(f"{g} {t}", f"test/{g}/{k}") for g in ("head", "tail") for t, k in
@@ -218,16 +389,27 @@ def report(rows: dict[str, list[dict]], title: str, baseline: str | None) -> str
         "",
         "## Main table (Hit@K = Recall@K: one held-out item per user)",
         "",
-        table(rows, MAIN_COLUMNS, with_runs=True),
+        table(rows, MAIN_COLUMNS, with_runs=True, comparisons=comparisons),
     ]
-    if baseline and baseline in rows and len(rows) > 1:
-        parts += ["", f"### Relative to {baseline} (means)", "", relative_table(rows, baseline)]
+    compared = bool(baseline and baseline in rows and len(rows) > 1)
+    if compared:
+        relative = significance_table(rows, baseline, MAIN_COLUMNS, comparisons, with_mde=True)
+        parts += ["", f"### Relative to {baseline}", "", relative]
+        note = significance_note(rows, baseline, comparisons, problems, resamples)
+        parts += ["", note] if note else []
     parts += ["", "## Head / tail items (test targets split by training popularity)", "",
-              table(rows, group_cols)]  # fmt: skip
+              table(rows, group_cols, comparisons=comparisons)]  # fmt: skip
+    if compared and comparisons:
+        relative = significance_table(rows, baseline, group_cols, comparisons)
+        parts += ["", f"Relative to {baseline}:", "", relative]
     if prefix_cols:
         title_line = "## Prefix match (a hit when the first k ID tokens match)"
         parts += ["", title_line, "", table(rows, prefix_cols)]
-    parts += ["", "## Other cutoffs and coverage", "", table(rows, extra_cols), ""]
+    parts += ["", "## Other cutoffs and coverage", "", table(rows, extra_cols, comparisons=comparisons), ""]
+    if compared and comparisons:
+        cutoffs = [c for c in extra_cols if c[1] in ("test/recall@20", "test/ndcg@20")]
+        relative = significance_table(rows, baseline, cutoffs, comparisons)
+        parts += [f"Relative to {baseline}:", "", relative, ""]
     parts += ["## Per seed (Hit@10 / NDCG@10)", "", per_seed_table(rows), ""]
     parts += ["## Commands", ""]
     for name, records in rows.items():
@@ -246,10 +428,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--runs", type=Path, default=Path("runs/experiments"), help="log root of the sweep")
     parser.add_argument("--report", type=Path, help="Markdown file to (re)write with the tables")
     parser.add_argument("--title", default="Experiment results")
-    parser.add_argument("--baseline", default=None, help="row the relative table compares against")
+    parser.add_argument("--baseline", default=None, help="row the others are compared with (default: first)")
     parser.add_argument("--jobs", type=int, default=1, help="fits running at once")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads per fit (0: torch default)")
     parser.add_argument("--report-only", action="store_true", help="only tabulate finished runs")
+    parser.add_argument("--resamples", type=int, default=10_000, help="bootstrap resamples of the users")
     parser.add_argument("extra", nargs=argparse.REMAINDER, help="after --: extra `genrec fit` arguments")
     args = parser.parse_args(argv)
     extra = args.extra[1:] if args.extra[:1] == ["--"] else args.extra
@@ -277,7 +460,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     rows = load_results(args.runs)
     if args.row:  # the order given on the command line, finished rows only
         rows = {r.name: rows[r.name] for r in args.row if r.name in rows} | rows
-    text = report(rows, args.title, args.baseline or (args.row[0].name if args.row else None))
+    baseline = args.baseline or (args.row[0].name if args.row else next(iter(rows), None))
+    if args.baseline and args.baseline not in rows:
+        parser.error(f"--baseline {args.baseline!r} is not a finished row ({', '.join(rows) or 'none'})")
+    keys = [key for _, key in MAIN_COLUMNS] + [f"test/{g}/{m}" for g in ("head", "tail")
+            for m in ("recall@10", "ndcg@10")] + ["test/recall@20", "test/ndcg@20"]  # fmt: skip
+    comparisons, problems = compare_rows(rows, baseline, keys, args.resamples) if baseline else ({}, {})
+    text = report(rows, args.title, baseline, comparisons, problems, args.resamples)
     if args.report:
         args.report.parent.mkdir(parents=True, exist_ok=True)
         old = args.report.read_text() if args.report.is_file() else ""

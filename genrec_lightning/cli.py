@@ -141,6 +141,14 @@ class GenRecCLI(LightningCLI):
         if self.subcommand is None:
             return
         check_runs_dir(config.trainer)
+        if self.subcommand != "fit":
+            # Scoring a finished run logs into its directory without touching the fit's config.yaml;
+            # the command's own config is kept next to it, replaced by a later score.
+            self.save_config_kwargs = {
+                **self.save_config_kwargs,
+                "config_filename": f"{self.subcommand}_config.yaml",
+                "overwrite": True,
+            }
         self._resolve_checkpoint(config)
 
     def _resolve_checkpoint(self, config: Namespace) -> None:
@@ -208,10 +216,21 @@ class GenRecCLI(LightningCLI):
             check_data(checkpoint, path, {"dataset": data.reader.name, "data_hash": data.data_hash})
 
     def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
+        from genrec_lightning.callbacks.test_users import TestUsersWriter
+        from genrec_lightning.modules.base import RecommenderModule
+
         trainer = super().instantiate_trainer(**kwargs)
         # Every fit keeps `last.ckpt` at its last step and leaves one behind on SIGTERM.
         if self.subcommand == "fit" and trainer.checkpoint_callback is not None:
             trainer.callbacks.append(ResumeState())
+        # Every test of a recommender (also the one after fit) leaves its per-user outcomes.
+        fit_tests = self.subcommand == "fit" and self.config.fit.get("test_after_fit")
+        if (
+            (self.subcommand == "test" or fit_tests)
+            and isinstance(self.model, RecommenderModule)
+            and not any(isinstance(cb, TestUsersWriter) for cb in trainer.callbacks)
+        ):
+            trainer.callbacks.append(TestUsersWriter())
         return trainer
 
     def _parse_ckpt_path(self) -> None:
@@ -558,7 +577,8 @@ DATA_COMMANDS = ("data-stats", "prepare")
 COMMANDS: dict[str, str] = {
     "fit": "train a model from a config, then test its best checkpoint (Recall/NDCG)",
     "validate": "score a checkpoint on the validation targets",
-    "test": "score a checkpoint on the held-out last items; writes test_metrics.json",
+    "test": "score a checkpoint on the held-out last items; writes test_metrics.json, test_users.parquet",
+    "compare": "paired significance test of runs against runs on the same test users",
     "predict": "write the ranked top-k lists of the test users (predictions.parquet)",
     "prepare": "build every data artifact of a dataset now (splits, item embeddings)",
     "data-stats": "print a dataset's statistics (interactions, users, items, history length)",
@@ -593,6 +613,10 @@ def _dispatch(argv: list[str]) -> None:
         data_command(command, argv[1:])
     elif command == "tokenize":
         tokenize_command(argv[1:])
+    elif command == "compare":
+        from genrec_lightning.analysis.compare import main as compare_main
+
+        compare_main(argv[1:])
     elif command == "report":
         from genrec_lightning.analysis.report import main as report_main
 

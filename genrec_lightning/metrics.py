@@ -14,12 +14,14 @@ from collections.abc import Sequence
 import torch
 import torchmetrics
 from torch import Tensor
+from torchmetrics.utilities import dim_zero_cat
 
 __all__ = [
     "CoverageMetrics",
     "GroupedRankingMetrics",
     "PrefixMatchMetrics",
     "RankingMetrics",
+    "UserOutcomes",
     "dcg_gain",
     "popularity_groups",
     "target_rank",
@@ -117,6 +119,50 @@ class RankingMetrics(_SumMetric):
         for i, k in enumerate(self.ks):
             out[f"{self.prefix}recall@{k}"] = recall[i]
             out[f"{self.prefix}ndcg@{k}"] = ndcg[i]
+        return out
+
+
+class UserOutcomes(torchmetrics.Metric):
+    """Every test sample's outcome, kept per row for paired significance tests between runs.
+
+    States are concatenated (`dist_reduce_fx="cat"`), so under DDP `compute()` returns the rows of
+    every process once (torchmetrics gathers shards of unequal length); the evaluation sampler does
+    not pad, so no user appears twice. Hits and gains are computed exactly as in RankingMetrics,
+    so the mean of a column equals the logged Recall/NDCG@k.
+    """
+
+    full_state_update = False
+    is_differentiable = False
+    higher_is_better = None
+
+    def __init__(self, ks: Sequence[int] = (1, 5, 10, 20)) -> None:
+        super().__init__()
+        self.ks = _check_ks(ks)
+        for name in ("users", "targets", "ranks", "hits", "gains"):
+            self.add_state(name, default=[], dist_reduce_fx="cat")
+
+    def update(self, ranked: Tensor, target: Tensor, user: Tensor) -> None:
+        rank = target_rank(ranked, target)
+        hits, gains = _rank_stats(rank, self.ks, ranked.shape[1])
+        self.users.append(user.long())
+        self.targets.append(target.long())
+        self.ranks.append(torch.where(rank < ranked.shape[1], rank, -1))  # -1: not in the list
+        self.hits.append(hits)
+        self.gains.append(gains)
+
+    def compute(self) -> dict[str, Tensor]:
+        """user, target, rank (0-based, -1 when absent) [S], and recall@k/ndcg@k [S] (float64)."""
+        if isinstance(self.users, list) and not self.users:  # no test batch ran
+            empty = torch.zeros(0, dtype=torch.long)
+            return {"user": empty, "target": empty, "rank": empty} | {
+                f"{m}@{k}": torch.zeros(0, dtype=torch.float64) for k in self.ks for m in ("recall", "ndcg")
+            }
+        names = ("users", "targets", "ranks", "hits", "gains")
+        cat = {name: dim_zero_cat(getattr(self, name)) for name in names}  # a list, or gathered already
+        out = {"user": cat["users"], "target": cat["targets"], "rank": cat["ranks"]}
+        for i, k in enumerate(self.ks):
+            out[f"recall@{k}"] = cat["hits"][:, i].double()
+            out[f"ndcg@{k}"] = cat["gains"][:, i]
         return out
 
 

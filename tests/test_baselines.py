@@ -6,6 +6,7 @@ import warnings
 from pathlib import Path
 from types import SimpleNamespace
 
+import polars as pl
 import pytest
 import torch
 import torch.nn.functional as F
@@ -281,6 +282,11 @@ def test_most_popular_test_run_matches_a_brute_force_evaluation(ml100k_cache: Pa
     metrics = cli.trainer.callback_metrics
     assert metrics["test/recall@10"].item() == pytest.approx(recall, abs=1e-6)
     assert metrics["test/ndcg@10"].item() == pytest.approx(ndcg, abs=1e-6)
+    # The per-user file holds each user's own rank of the brute-force list.
+    users = pl.read_parquet(next((tmp_path / "runs").rglob("test_users.parquet")))
+    assert users["target"].to_list() == targets  # the test split is in user order
+    top10 = [r if r is not None and r <= 10 else None for r in users["rank"].to_list()]  # lists have 20
+    assert top10 == [None if h is None else h + 1 for h in hits]
     with pytest.raises(RuntimeError, match="nothing to train"):
         main(["fit", *options])
 

@@ -8,6 +8,8 @@ import statistics
 import sys
 from pathlib import Path
 
+import numpy as np
+import polars as pl
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -76,3 +78,67 @@ def test_finished_runs_are_skipped_and_notes_survive(tmp_path: Path, monkeypatch
     )
     text = report.read_text()
     assert "old tables" not in text and text.rstrip().endswith("my analysis") and "| TIGER |" in text
+
+
+def fake_users(runs: Path, row: str, seed: int, ndcg10: np.ndarray, groups: np.ndarray) -> dict:
+    """A run's result.json and test_users.parquet that agree (metrics = per-user means)."""
+    from genrec_lightning.callbacks.test_users import FILE_NAME, METADATA_KEY
+
+    n = len(ndcg10)
+    directory = runs / experiments.Row(row, ("x.yaml",)).slug / f"seed{seed}"
+    directory.mkdir(parents=True)
+    columns = {"recall@5": ndcg10 > 0.5, "ndcg@5": ndcg10 * (ndcg10 > 0.5), "recall@10": ndcg10 > 0,
+               "ndcg@10": ndcg10, "recall@20": ndcg10 > 0, "ndcg@20": ndcg10}  # fmt: skip
+    frame = pl.DataFrame({"user": np.arange(n), "target": np.arange(n) % 50, "group": groups,
+                          **{k: np.asarray(v, dtype=float) for k, v in columns.items()}})  # fmt: skip
+    meta = json.dumps({"dataset": "toy", "data_hash": "h", "num_items": 50})
+    frame.write_parquet(directory / FILE_NAME, metadata={METADATA_KEY: meta})
+    metrics = {f"test/{k}": float(frame[k].mean()) for k in columns}
+    for g in ("head", "tail"):
+        part = frame.filter(pl.col("group") == g)
+        metrics |= {f"test/{g}/{k}": float(part[k].mean()) for k in ("recall@10", "ndcg@10")}
+    record = {"row": row, "seed": seed, "wall_s": 60.0, "command": "genrec fit", "metrics": metrics}
+    (directory / "result.json").write_text(json.dumps(record))
+    return metrics
+
+
+def test_rows_are_compared_with_the_baseline_user_by_user(tmp_path: Path) -> None:
+    """A planted per-user gain gets its star and CI; a null row does not; a row without per-user
+    files falls back to the means and says why."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    n = 943
+    groups = np.where(np.arange(n) % 2 == 0, "head", "tail")
+    for seed in range(3):
+        base = np.where(rng.random(n) < 0.1, 1 / np.log2(rng.integers(0, 10, n) + 2), 0.0)
+        fake_users(tmp_path, "TIGER", seed, base, groups)
+        gain = base + 0.1 * (np.random.default_rng(seed + 5).random(n) < 0.3)
+        fake_users(tmp_path, "+Gain", seed, gain, groups)
+        fake_users(tmp_path, "+Same", seed, base, groups)
+    fake_result(tmp_path, "NoFiles", 0, 0.03)
+    rows = experiments.load_results(tmp_path)
+    rows = {name: rows[name] for name in ("TIGER", "+Gain", "+Same", "NoFiles")}
+    keys = [key for _, key in experiments.MAIN_COLUMNS] + ["test/head/ndcg@10", "test/tail/ndcg@10"]
+    comparisons, problems = experiments.compare_rows(rows, "TIGER", keys, resamples=1000)
+    assert set(comparisons) == {"+Gain", "+Same"}, problems
+    assert "no test_users.parquet" in problems["NoFiles"]
+    gain = comparisons["+Gain"]["test/ndcg@10"]
+    assert gain.significant and gain.ci_low > 0 and gain.n == n
+    same = comparisons["+Same"]["test/ndcg@10"]
+    assert same.t_pvalue == 1.0 and not same.significant
+    assert comparisons["+Gain"]["test/head/ndcg@10"].n == n // 2 + 1  # only the head users
+
+    text = experiments.report(rows, "T", "TIGER", comparisons, problems, resamples=1000)
+    main_line = next(line for line in text.splitlines() if line.startswith("| +Gain |"))
+    ndcg = [r["metrics"]["test/ndcg@10"] for r in rows["+Gain"]]
+    assert f"{statistics.fmean(ndcg):.4f} ± {statistics.stdev(ndcg):.4f}*" in main_line
+    relative = next(line for line in text.split("### Relative to TIGER")[1].splitlines() if "+Gain" in line)
+    cell = f"{100 * gain.relative:+.1f}%* [{100 * gain.ci_low:+.1f}, {100 * gain.ci_high:+.1f}]"
+    assert cell in relative and f"{100 * gain.min_detectable_relative:.1f}%" in relative
+    same_line = next(line for line in text.splitlines() if line.startswith("| +Same |"))
+    assert "*" not in same_line
+    assert "(means)" in next(line for line in text.split("### Relative to TIGER")[1].splitlines()
+                             if "NoFiles" in line)  # fmt: skip
+    assert f"{n} users; seeds per row: TIGER 3, +Gain 3, +Same 3" in text
+    assert "No per-user comparison for NoFiles" in text and "80% power" in text

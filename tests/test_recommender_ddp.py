@@ -126,6 +126,13 @@ def test_ddp_fit_from_an_empty_cache_builds_once_tests_exactly_and_resumes_on_on
     for name, value in two["metrics"].items():
         assert value == pytest.approx(one["metrics"][name], abs=1e-6), name
     assert two["metrics"]["test/recall@20"] > 0
+    # Per-user outcomes: rank 0 writes every user once, the file a 1-process test writes.
+    import polars as pl
+
+    users_two = pl.read_parquet(run / "test_users.parquet")
+    users_one = pl.read_parquet(tmp_path / "runs" / "one" / "version_0" / "test_users.parquet")
+    assert users_two.height == 943 and users_two["user"].is_unique().all()
+    assert users_two.equals(users_one)
 
     # A checkpoint written by 2 ranks resumes on 1 device and continues from step 4.
     assert two["checkpoint"].endswith("step=4.ckpt")
@@ -159,3 +166,8 @@ def test_ddp_sasrec_test_equals_single_process(tmp_path: Path, data: dict[str, A
     for name, value in one["metrics"].items():
         assert two["metrics"][name] == pytest.approx(value, abs=1e-6), name
     assert one["metrics"]["test/recall@20"] > 0
+    import polars as pl
+
+    files = [next((tmp_path / "runs" / name).glob("version_*/test_users.parquet")) for name in ("one", "two")]
+    users_one, users_two = (pl.read_parquet(f) for f in files)
+    assert users_one.height == 943 and users_two.equals(users_one)

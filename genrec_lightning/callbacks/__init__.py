@@ -5,6 +5,7 @@ from genrec_lightning.callbacks.compile import Compile
 from genrec_lightning.callbacks.objectives import CurriculumScheduler, ObjectiveWeights
 from genrec_lightning.callbacks.predictions import TopKWriter
 from genrec_lightning.callbacks.temperature import TemperatureAnnealing, anneal
+from genrec_lightning.callbacks.test_users import TestUsersWriter
 
 __all__ = [
     "CollisionMonitor",
@@ -12,6 +13,7 @@ __all__ = [
     "CurriculumScheduler",
     "ObjectiveWeights",
     "TemperatureAnnealing",
+    "TestUsersWriter",
     "TopKWriter",
     "anneal",
 ]

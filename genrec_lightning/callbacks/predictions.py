@@ -68,11 +68,10 @@ class TopKWriter(BasePredictionWriter):
         return frame.filter(pl.col("item") >= 0)
 
     def _with_raw_ids(self, frame: pl.DataFrame, datamodule: Any) -> pl.DataFrame:
-        directory = getattr(datamodule, "artifact_dir", None)
-        if not self.raw_ids or directory is None:
+        id_maps = getattr(datamodule, "id_maps", None)
+        if not self.raw_ids or not callable(id_maps):
             return frame
-        users = pl.read_parquet(Path(directory) / "users.parquet", columns=["user", "user_raw"])
-        items = pl.read_parquet(Path(directory) / "items.parquet", columns=["item", "item_raw"])
+        users, items = id_maps()
         frame = frame.join(users, on="user", how="left").join(items, on="item", how="left")
         return frame.select("user", "user_raw", "rank", "item", "item_raw", "score")
 

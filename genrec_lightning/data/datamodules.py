@@ -378,6 +378,13 @@ class SequenceDataModule(L.LightningDataModule, ABC):
         meta = self.meta
         return {"dataset": self.reader.name, "raw": meta["raw"], **meta["stats"]}
 
+    def id_maps(self) -> tuple[pl.DataFrame, pl.DataFrame]:
+        """(user, user_raw) and (item, item_raw): the dataset's own ids of the dense indices."""
+        directory = self.build_artifacts()
+        users = _read_parquet(directory / "users.parquet", columns=["user", "user_raw"])
+        items = _read_parquet(directory / "items.parquet", columns=["item", "item_raw"])
+        return users, items
+
     def item_frequencies(self) -> torch.Tensor:
         """Interactions per item `[num_items]` in the training part (all but each user's last two)."""
         seqs = self._load_sequences()

@@ -3,7 +3,9 @@
 A subclass implements `rank(batch) -> Ranking` (top-k item ids per user, best first) and its own
 training. This base turns rankings into Recall/NDCG@K on validation and test, adds the
 diagnostics on test (head/tail groups, prefix match for semantic IDs, coverage and popularity
-deciles), returns rankings from `predict`, and refuses a checkpoint trained on another dataset.
+deciles), keeps every test user's outcome for paired comparisons between runs
+(`test_user_outcomes`, written to test_users.parquet by `callbacks.TestUsersWriter`), returns
+rankings from `predict`, and refuses a checkpoint trained on another dataset.
 All metric states are sums, so N DDP processes report exactly what one process reports.
 """
 
@@ -25,6 +27,7 @@ from genrec_lightning.metrics import (
     GroupedRankingMetrics,
     PrefixMatchMetrics,
     RankingMetrics,
+    UserOutcomes,
     popularity_groups,
 )
 from genrec_lightning.semantic_ids import ArtifactMismatchError
@@ -71,6 +74,10 @@ class RecommenderModule(L.LightningModule):
         self.val_metrics = RankingMetrics(ks, prefix="val/")
         self.test_metrics = RankingMetrics(ks, prefix="test/")
         self.test_diagnostics: torch.nn.ModuleDict = torch.nn.ModuleDict()
+        self.test_users = UserOutcomes(ks)
+        #: After a test epoch: every tested user's outcome on CPU (user, target, rank, group,
+        #: recall@k, ndcg@k), the same on every DDP process. None before the first test.
+        self.test_user_outcomes: dict[str, Tensor] | None = None
         self._data_identity: dict[str, Any] | None = None
 
     @classmethod
@@ -140,6 +147,11 @@ class RecommenderModule(L.LightningModule):
             diagnostics["prefix"] = PrefixMatchMetrics(codes.shape[1], self.metric_ks, prefix="test/")
         self.test_diagnostics = torch.nn.ModuleDict(diagnostics).to(self.device)
 
+    @property
+    def data_identity(self) -> dict[str, Any] | None:
+        """Dataset name, data hash and catalogue size of the attached data (None without one)."""
+        return None if self._data_identity is None else dict(self._data_identity)
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if self._data_identity is not None:
             checkpoint[DATA_KEY] = self._data_identity
@@ -167,6 +179,7 @@ class RecommenderModule(L.LightningModule):
         ranking = self.rank(batch)
         target = batch["target"]
         self.test_metrics.update(ranking.items, target)
+        self.test_users.update(ranking.items, target, batch["user"])
         for name, metric in self.test_diagnostics.items():
             if name == "prefix":
                 codes = self.item_codes().to(target.device)  # type: ignore[union-attr]
@@ -179,9 +192,24 @@ class RecommenderModule(L.LightningModule):
         for metric in self.test_diagnostics.values():
             values |= metric.compute()
         self._log_metrics(values)
+        self.test_user_outcomes = self._user_outcomes()
         self.test_metrics.reset()
+        self.test_users.reset()
         for metric in self.test_diagnostics.values():
             metric.reset()
+
+    def _user_outcomes(self) -> dict[str, Tensor]:
+        outcomes = {name: value.cpu() for name, value in self.test_users.compute().items()}
+        groups = dict(self.test_diagnostics.items()).get("groups")
+        if groups is not None:  # the popularity group of each target (index into group_names)
+            outcomes["group"] = groups.item_groups.cpu()[outcomes["target"]]
+        return outcomes
+
+    @property
+    def test_group_names(self) -> tuple[str, ...]:
+        """Names of the values in `test_user_outcomes["group"]` (empty without item groups)."""
+        groups = dict(self.test_diagnostics.items()).get("groups")
+        return tuple(groups.group_names) if groups is not None else ()
 
     def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Tensor]:
         ranking = self.rank(batch)
