@@ -220,8 +220,10 @@ class GenRecCLI(LightningCLI):
         from genrec_lightning.modules.base import RecommenderModule
 
         trainer = super().instantiate_trainer(**kwargs)
-        # Every fit keeps `last.ckpt` at its last step and leaves one behind on SIGTERM.
-        if self.subcommand == "fit" and trainer.checkpoint_callback is not None:
+        # Every fit keeps `last.ckpt` at its last step and leaves one behind on SIGTERM. Scoring
+        # commands carry it too (it acts only in fit) so a checkpoint's state for it has a taker
+        # and Lightning does not warn about a missing callback on every `genrec test`.
+        if self.subcommand != "fit" or trainer.checkpoint_callback is not None:
             trainer.callbacks.append(ResumeState())
         # Every test of a recommender (also the one after fit) leaves its per-user outcomes.
         fit_tests = self.subcommand == "fit" and self.config.fit.get("test_after_fit")

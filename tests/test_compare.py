@@ -15,6 +15,7 @@ from test_recommender import ROOT, data, tiny_experiment  # noqa: F401  (module 
 
 from genrec_lightning.analysis.compare import load_side
 from genrec_lightning.analysis.compare import main as compare_main
+from genrec_lightning.analysis.runs import read_config
 from genrec_lightning.callbacks.test_users import FILE_NAME, METADATA_KEY, read_identity
 from genrec_lightning.cli import GenRecCLI, main
 from genrec_lightning.metrics import RankingMetrics, UserOutcomes
@@ -123,6 +124,8 @@ def test_fit_and_test_write_per_user_outcomes_and_compare_reads_them(
     assert pl.read_parquet(tiger / FILE_NAME).equals(frame)
 
     popular = _most_popular_run(tmp_path, data)
+    assert not (popular / "config.yaml").exists()  # only scored: its config is the test's own
+    assert read_config(popular)["model"]["class_path"].endswith("MostPopular")
     capsys.readouterr()
     main(["compare", str(tiger), "--against", str(popular), "--metric", "ndcg@10", "recall@10"])
     table = capsys.readouterr().out

@@ -69,10 +69,18 @@ def read_test_metrics(run_dir: str | Path) -> dict[str, float]:
     return json.loads(path.read_text())["metrics"] if path.is_file() else {}
 
 
+#: Where a run keeps its config: a fit writes config.yaml; a directory that was only scored keeps
+#: the scoring command's own (`genrec test` into a fit's directory leaves config.yaml alone).
+CONFIG_FILES = ("config.yaml", "test_config.yaml", "validate_config.yaml", "predict_config.yaml")
+
+
 def read_config(run_dir: str | Path) -> dict[str, Any]:
-    """The run's saved config.yaml ({} if absent)."""
-    path = Path(run_dir) / "config.yaml"
-    return (yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}
+    """The run's saved config ({} if absent): config.yaml, else the config of the command that scored it."""
+    for name in CONFIG_FILES:
+        path = Path(run_dir) / name
+        if path.is_file():
+            return yaml.safe_load(path.read_text()) or {}
+    return {}
 
 
 def config_value(config: Mapping[str, Any], dotted: str, default: Any = None) -> Any:
