@@ -25,6 +25,7 @@ import torch.distributed as dist
 from genrec_lightning import __version__
 from genrec_lightning.semantic_ids import DedupMethod, SemanticIds, collision_rate, usage_entropy
 from genrec_lightning.tokenizers import RQVAE, Tokenizer
+from genrec_lightning.tokenizers.quantizers import Quantizer
 
 log = logging.getLogger(__name__)
 
@@ -207,6 +208,30 @@ class TokenizerModule(L.LightningModule):
         for name, value in out.terms.items():
             self.log(f"train/{name}", value)
         return out.loss
+
+    def on_train_epoch_end(self) -> None:
+        """Dead-code restarts (quantizers with `dead_code_threshold` > 0) at the end of every epoch,
+        seeded by (quantizer seed, epoch); `train/restarted_codes_l*` counts them per level."""
+        quantizer = getattr(self.tokenizer, "quantizer", None)
+        if not isinstance(quantizer, Quantizer) or not quantizer.restarts:
+            return
+        generator = torch.Generator().manual_seed(quantizer.seed * 1_000_003 + self.current_epoch)
+        dead = quantizer.restart_dead_codes(generator)
+        self._forget_moments(quantizer.codebooks, dead)
+        for level, count in enumerate(dead.sum(dim=1).tolist()):
+            self.log(f"train/restarted_codes_l{level}", float(count))
+
+    def _forget_moments(self, codebooks: torch.nn.Parameter, dead: torch.Tensor) -> None:
+        """Zero the optimiser's running moments of restarted codes: momentum earned at the old,
+        unused position would otherwise push a restarted code straight back."""
+        if not bool(dead.any()):
+            return
+        mask = dead.to(codebooks.device)
+        optimizers = self.trainer.optimizers if self._trainer is not None else []
+        for optimizer in optimizers:
+            for value in optimizer.state.get(codebooks, {}).values():
+                if isinstance(value, torch.Tensor) and value.shape == codebooks.shape:
+                    value[mask] = 0
 
     def on_validation_epoch_start(self) -> None:
         n, levels = len(self._item_table()), int(self.tokenizer.num_levels)
