@@ -15,7 +15,7 @@ from test_tokenizer_stage import scalars, tiny_config, write_config
 
 from genrec_lightning.cli import GenRecCLI
 from genrec_lightning.errors import ConfigError
-from genrec_lightning.modules.tokenizer import TokenizerModule
+from genrec_lightning.modules.tokenizer import TokenizerModule, usage_warnings
 from genrec_lightning.tokenizers.quantizers import (
     ProductQuantizer,
     Quantizer,
@@ -179,3 +179,10 @@ def test_restarted_codes_lose_their_optimizer_moments() -> None:
     for name in ("exp_avg", "exp_avg_sq"):
         moment = optimizer.state[quantizer.codebooks][name]
         assert (moment[1, 2] == 0).all() and (moment[~dead] != 0).all()
+
+
+def test_a_level_using_under_half_its_codes_is_flagged() -> None:
+    stats = {"usage": [0.16, 1.0, 0.5], "codebook_sizes": [256, 256, 2]}
+    lines = usage_warnings(stats)
+    assert len(lines) == 1 and "level 1 uses 16.0% of its 256 codes (41)" in lines[0]
+    assert "dead_code_threshold: 1" in lines[0]

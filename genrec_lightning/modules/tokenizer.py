@@ -331,6 +331,8 @@ class TokenizerModule(L.LightningModule):
                 stats["collision_rate"],
                 stats["unique_ratio"],
             )
+            for line in usage_warnings(stats):
+                log.warning(line.removeprefix("warning: "))
             if self.logger is not None:
                 flat = {
                     "ids/collision_rate": stats["collision_rate"],
@@ -352,6 +354,24 @@ def _fixed(value: float, width: int = 8, digits: int = 3) -> str:
     return f"{rounded:>{width}.{digits}f}"
 
 
+#: A level using fewer of its codes than this is reported: its prefix tree is narrow (few first
+#: tokens filter few items) and its codes carry less information than their count suggests.
+LOW_USAGE = 0.5
+
+
+def usage_warnings(stats: dict[str, Any], floor: float = LOW_USAGE) -> list[str]:
+    """One line per level of `SemanticIds.statistics()` that uses under `floor` of its codes."""
+    lines = []
+    for level, (usage, size) in enumerate(zip(stats["usage"], stats["codebook_sizes"], strict=False)):
+        if usage < floor:
+            lines.append(
+                f"warning: level {level + 1} uses {usage:.1%} of its {size} codes "
+                f"({round(usage * size)}); a trained quantizer can restart unused codes with "
+                "`dead_code_threshold: 1` in its init_args"
+            )
+    return lines
+
+
 def format_id_stats(stats: dict[str, Any]) -> str:
     """Readable per-level table of `SemanticIds.statistics()` (usage, entropy, Table 1, Figure 1)."""
     lines = [
@@ -368,4 +388,4 @@ def format_id_stats(stats: dict[str, Any]) -> str:
             f"{_fixed(stats['normalized_entropy'][level])}  {stats['filter_ratio'][level]:>8.2%}  "
             f"{_fixed(stats['purity_gain'][level])}"
         )
-    return "\n".join(lines)
+    return "\n".join(lines + usage_warnings(stats))
