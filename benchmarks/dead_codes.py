@@ -64,6 +64,7 @@ def write_config(variant: Variant, directory: Path) -> Path:
     init = cfg["model"]["init_args"]
     init.update(variant.module)
     init["tokenizer"]["init_args"]["quantizer"].setdefault("init_args", {}).update(variant.quantizer)
+    directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"{slug(variant.name)}.yaml"
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     return path

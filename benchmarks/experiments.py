@@ -117,7 +117,10 @@ def write_test_users(directory: Path, threads: int) -> None:
         print(f"{directory}: no config.yaml or tested checkpoint, so no {USERS_FILE}", file=sys.stderr)
         return
     genrec = shutil.which("genrec", path=str(Path(sys.executable).parent)) or "genrec"
-    cmd = [genrec, "test", "--config", str(config), "--ckpt_path", tested]
+    logger = "--trainer.logger.init_args."  # into the run's own directory, whatever its config says
+    cmd = [genrec, "test", "--config", str(config), "--ckpt_path", tested,
+           f"{logger}save_dir", str(directory.parent.parent), f"{logger}name", directory.parent.name,
+           f"{logger}version", directory.name]  # fmt: skip
     print(f"[{directory}] writing {USERS_FILE}: {' '.join(cmd)}", flush=True)
     with open(directory / "test_users.log", "w") as log:
         proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=thread_env(threads), check=False)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
+import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +24,11 @@ from genrec_lightning.cli import GenRecCLI, main
 from genrec_lightning.metrics import RankingMetrics, UserOutcomes
 
 KS = (1, 5, 10, 20)
+
+_spec = importlib.util.spec_from_file_location("experiments", ROOT / "benchmarks" / "experiments.py")
+experiments = importlib.util.module_from_spec(_spec)
+sys.modules.setdefault("experiments", experiments)
+_spec.loader.exec_module(experiments)  # type: ignore[union-attr]
 
 
 # ------------------------------------------------------------------------------ the metric
@@ -90,6 +98,7 @@ def test_fit_and_test_write_per_user_outcomes_and_compare_reads_them(
     tmp_path: Path,
     data: dict[str, Any],  # noqa: F811
     capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     tiger = _tiger_run(tmp_path, data)
     frame = pl.read_parquet(tiger / FILE_NAME)
@@ -121,6 +130,12 @@ def test_fit_and_test_write_per_user_outcomes_and_compare_reads_them(
     main(["test", "--config", str(tiger / "config.yaml"), "--ckpt_path", identity["checkpoint"],
           "--trainer.logger.init_args.version", "0", "--trainer.enable_progress_bar", "false"])  # fmt: skip
     assert (tiger / "config.yaml").read_text() == config_before and (tiger / "test_config.yaml").is_file()
+    assert pl.read_parquet(tiger / FILE_NAME).equals(frame)
+
+    # The experiment runner writes the file of a run tested before it existed, in the run's directory.
+    (tiger / FILE_NAME).unlink()
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")]))
+    experiments.write_test_users(tiger, threads=1)
     assert pl.read_parquet(tiger / FILE_NAME).equals(frame)
 
     popular = _most_popular_run(tmp_path, data)
