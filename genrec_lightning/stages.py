@@ -82,11 +82,29 @@ def _data_batch_size(data_config: Any) -> int:
     return int(_data_setting(data_config, "batch_size", ItemEmbeddingDataModule))
 
 
+#: Settings added after artifacts were first cached, with the value that reproduces the artifacts
+#: built before they existed: at that value they are left out of the cache key, so an upgrade does
+#: not rebuild caches whose results cannot have changed.
+NEUTRAL_DEFAULTS: dict[str, Any] = {"dead_code_threshold": 0}
+
+
+def _without_neutral_defaults(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {
+            k: _without_neutral_defaults(v)
+            for k, v in value.items()
+            if not (k in NEUTRAL_DEFAULTS and v == NEUTRAL_DEFAULTS[k])
+        }
+    if isinstance(value, list):
+        return [_without_neutral_defaults(v) for v in value]
+    return value
+
+
 def _stage_key(config: Namespace, linked: tuple[str, ...], data_identity: dict[str, Any]) -> str:
-    """Hash of a parsed stage config: model (minus linked sizes), result-relevant trainer settings,
-    seed and the identity of the data it was trained on."""
+    """Hash of a parsed stage config: model (minus linked sizes and neutral defaults),
+    result-relevant trainer settings, seed and the identity of the data it was trained on."""
     trainer = plain_config(config.trainer)
-    model = plain_config(config.model)
+    model = _without_neutral_defaults(plain_config(config.model))
     for name in linked:  # linked from the data, which is keyed through `data_identity`
         model.get("init_args", {}).pop(name, None)
     return config_hash(

@@ -13,9 +13,11 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from test_tokenizer_stage import scalars, tiny_config, write_config
 
+from genrec_lightning.artifacts import config_hash
 from genrec_lightning.cli import GenRecCLI
 from genrec_lightning.errors import ConfigError
 from genrec_lightning.modules.tokenizer import TokenizerModule, usage_warnings
+from genrec_lightning.stages import _parse_stage, _stage_key, plain_config, tokenizer_parser
 from genrec_lightning.tokenizers.quantizers import (
     ProductQuantizer,
     Quantizer,
@@ -186,3 +188,16 @@ def test_a_level_using_under_half_its_codes_is_flagged() -> None:
     lines = usage_warnings(stats)
     assert len(lines) == 1 and "level 1 uses 16.0% of its 256 codes (41)" in lines[0]
     assert "dead_code_threshold: 1" in lines[0]
+
+
+def test_the_off_setting_keeps_the_cache_key_of_ids_built_before_restarts_existed(tmp_path: Path) -> None:
+    """An upgrade must not rebuild cached IDs that restarts-off reproduces exactly."""
+    keys = []
+    for extra in ({}, {"dead_code_threshold": 0}, {"dead_code_threshold": 1}):
+        config = write_config(tmp_path, tiny_config(tmp_path, **extra), name=f"k{len(keys)}.yaml")
+        keys.append(_stage_key(_parse_stage(tokenizer_parser(), config, "tokenizer"), ("embedding_dim",), {}))
+    assert keys[0] == keys[1] != keys[2]
+    parsed = _parse_stage(tokenizer_parser(), config, "tokenizer")
+    model = plain_config(parsed.model)
+    model["init_args"]["tokenizer"]["init_args"]["quantizer"]["init_args"].pop("dead_code_threshold")
+    assert config_hash({"model": model}) != config_hash({"model": plain_config(parsed.model)})  # it was there
