@@ -81,8 +81,8 @@ def build(variant: Variant, directory: Path, threads: int) -> dict[str, Any]:
     log.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     with open(log, "w") as err:
-        done = subprocess.run([genrec, "tokenize", "--config", str(config), "--json", "true"], stdout=subprocess.PIPE,
-                              stderr=err, env=env, text=True, check=False)  # fmt: skip
+        cmd = [genrec, "tokenize", "--config", str(config), "--json", "true"]
+        done = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=err, env=env, text=True, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"{variant.name}: genrec tokenize failed (exit {done.returncode}); see {log}")
     stats = json.loads(done.stdout)
