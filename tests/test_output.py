@@ -104,9 +104,11 @@ def test_format_id_stats_prints_negative_zero_as_zero() -> None:
     }
     table = format_id_stats(stats)
     assert "-0.000" not in table
-    assert table.splitlines()[-1].split() == ["2", "25.00%", "0.000", "0.000", "0.00%", "0.000"]
+    *_, level2, warning = table.splitlines()  # level 2 uses 1 of 4 codes: flagged below the table
+    assert level2.split() == ["2", "25.00%", "0.000", "0.000", "0.00%", "0.000"]
+    assert warning.startswith("warning: level 2 uses 25.0% of its 4 codes (1)")
     negative = format_id_stats({**stats, "purity_gain": [0.5, -0.25]})
-    assert negative.splitlines()[-1].split()[-1] == "-0.250"  # a real negative keeps its sign
+    assert negative.splitlines()[-2].split()[-1] == "-0.250"  # a real negative keeps its sign
 
 
 #: The console as `genrec` leaves it (its main() sets it up, here for `--version`), then one

@@ -324,18 +324,11 @@ def test_user_error_is_found_behind_a_wrapping_error() -> None:
 def test_help_lists_every_subcommand(capsys: pytest.CaptureFixture) -> None:
     main(["--help"])
     out = capsys.readouterr().out
-    for command in ("fit", "validate", "test", "predict", "prepare", "data-stats", "tokenize", "report"):
+    commands = ("fit", "validate", "test", "predict", "prepare", "data-stats", "tokenize", "report")
+    commands += ("compare",)
+    for command in commands:
         assert f"  {command} " in out
-    assert set(COMMANDS) == {
-        "fit",
-        "validate",
-        "test",
-        "predict",
-        "prepare",
-        "data-stats",
-        "tokenize",
-        "report",
-    }
+    assert set(COMMANDS) == set(commands)
     with pytest.raises(SystemExit) as done:
         main([])
     assert done.value.code == 2 and "tokenize" in capsys.readouterr().err
