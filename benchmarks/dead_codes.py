@@ -105,12 +105,14 @@ def report(results: dict[str, dict[str, Any]], threshold: int) -> str:
             f"| {name} | {_levels(s['usage'], '.1%')} | {_levels(s['entropy'], '.2f')} | "
             f"{s['collision_rate']:.4f} | {_levels(s['filter_ratio'], '.2%')} | {s['wall_s']:.0f} |"
         )
+    rule = "no item chose" if threshold == 1 else f"fewer than {threshold} items chose"
     note = (
-        f"\n+restarts: `dead_code_threshold: {threshold}` (a code chosen fewer than {threshold} times in a "
-        "training epoch moves onto a random input of its level from the epoch's last batch). Usage: share "
-        "of a level's codes that some item's ID uses; the maximum entropy of 256 codes is ln 256 = 5.55. "
-        "Collision rate: items sharing their full ID with another item, before dedup. Build time "
-        "includes training (0 when read from the cache).\n"
+        f"\n+restarts: `dead_code_threshold: {threshold}` (a code {rule} in a training epoch moves onto a "
+        "random input of its level from the epoch's last batch). Usage: share of a level's codes that "
+        "some item's ID uses (the last level of a `suffix` layout only numbers colliding items); the "
+        "maximum entropy of 256 codes is ln 256 = 5.55. Collision rate: items sharing their full ID "
+        "with another item, before dedup. Build time includes training (seconds when read from the "
+        "cache).\n"
     )
     return "\n".join(lines) + "\n" + note
 
