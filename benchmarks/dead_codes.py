@@ -14,10 +14,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import os
-import shutil
 import subprocess
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -25,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from experiments import genrec_executable, thread_env  # benchmarks/ is on sys.path
 
 
 @dataclass(frozen=True)
@@ -73,10 +71,7 @@ def write_config(variant: Variant, directory: Path) -> Path:
 def build(variant: Variant, directory: Path, threads: int) -> dict[str, Any]:
     """`genrec tokenize --json` of the variant (trained once, then read from the cache)."""
     config = write_config(variant, directory / "configs")
-    genrec = shutil.which("genrec", path=str(Path(sys.executable).parent)) or "genrec"
-    env = dict(os.environ)
-    if threads > 0:
-        env |= {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    genrec, env = genrec_executable(), thread_env(threads)
     log = directory / "logs" / f"{slug(variant.name)}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()

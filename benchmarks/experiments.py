@@ -84,9 +84,13 @@ def run_dir(runs: Path, row: Row, seed: int) -> Path:
     return runs / row.slug / f"seed{seed}"
 
 
+def genrec_executable() -> str:
+    """The `genrec` of this interpreter's environment (scripts run with .venv/bin/python)."""
+    return shutil.which("genrec", path=str(Path(sys.executable).parent)) or "genrec"
+
+
 def fit_command(row: Row, seed: int, runs: Path, preset: Sequence[str], extra: Sequence[str]) -> list[str]:
-    genrec = shutil.which("genrec", path=str(Path(sys.executable).parent)) or "genrec"
-    cmd = [genrec, "fit"]
+    cmd = [genrec_executable(), "fit"]
     for config in (*row.configs, *preset):
         cmd += ["--config", config]
     cmd += [
@@ -116,7 +120,7 @@ def write_test_users(directory: Path, threads: int) -> None:
     if not tested or not Path(tested).is_file() or not config.is_file():
         print(f"{directory}: no config.yaml or tested checkpoint, so no {USERS_FILE}", file=sys.stderr)
         return
-    genrec = shutil.which("genrec", path=str(Path(sys.executable).parent)) or "genrec"
+    genrec = genrec_executable()
     logger = "--trainer.logger.init_args."  # into the run's own directory, whatever its config says
     cmd = [genrec, "test", "--config", str(config), "--ckpt_path", tested,
            f"{logger}save_dir", str(directory.parent.parent), f"{logger}name", directory.parent.name,

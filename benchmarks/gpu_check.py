@@ -66,6 +66,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+from genrec_lightning.artifacts import atomic_file
 from genrec_lightning.data.embeddings import SentenceTransformerEncoder
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -988,10 +989,9 @@ def render(
 
 
 def write_atomic(path: Path, text: str) -> None:
-    """Write a temporary file next to `path`, then rename it over `path`."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    """Replace `path` by `text` at once (a kill never leaves half a report)."""
+    with atomic_file(path) as tmp:
+        tmp.write_text(text)
 
 
 # ------------------------------------------------------------------------------------- main
