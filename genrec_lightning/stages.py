@@ -85,7 +85,12 @@ def _data_batch_size(data_config: Any) -> int:
 #: Settings added after artifacts were first cached, with the value that reproduces the artifacts
 #: built before they existed: at that value they are left out of the cache key, so an upgrade does
 #: not rebuild caches whose results cannot have changed.
-NEUTRAL_DEFAULTS: dict[str, Any] = {"dead_code_threshold": 0}
+NEUTRAL_DEFAULTS: dict[str, Any] = {
+    "dead_code_threshold": 0,
+    "relative_temperature": False,
+    "lr_decay": "constant",
+    "lr_warmup_steps": 0,
+}
 
 
 def _without_neutral_defaults(value: Any) -> Any:

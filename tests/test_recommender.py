@@ -91,6 +91,29 @@ def test_training_step_is_cross_entropy_of_the_target_ids(data: dict[str, Any]) 
     torch.testing.assert_close(loss, expected)
 
 
+def test_sum_reduction_is_the_per_sample_token_sum(data: dict[str, Any]) -> None:
+    """reduction=sum (UniGRec eq. 13) = L' x the token mean, = a loop summing each sample's tokens."""
+    dm = datamodule(data)
+    torch.manual_seed(0)
+    mean_model = tiny_model(dm).eval()
+    sum_model = tiny_model(dm, reduction="sum").eval()
+    sum_model.load_state_dict(mean_model.state_dict())
+    batch = dm.split("train").batch(torch.arange(16))
+    mean_loss, sum_loss = mean_model.training_step(batch, 0), sum_model.training_step(batch, 0)
+    tokens = dm.semantic_ids.num_levels
+    torch.testing.assert_close(sum_loss, tokens * mean_loss)
+    labels = dm.semantic_ids.tokens(batch["target"])
+    history = dm.semantic_ids.tokens(batch["history"]).flatten(1)
+    logits = sum_model.network(history, (history != PAD).long(), T5Recommender.shift_right(labels))
+    per_sample = [
+        sum(-torch.log_softmax(logits[b, t], -1)[labels[b, t]] for t in range(tokens)) for b in range(16)
+    ]
+    torch.testing.assert_close(sum_loss, torch.stack(per_sample).mean())
+    assert set(sum_model.weighted_loss_terms) == {"rec"}
+    with pytest.raises(ValueError, match="reduction must be 'mean' or 'sum'"):
+        tiny_model(dm, reduction="max")
+
+
 def test_encoder_inputs_pad_mask_user_token_and_truncation(
     data: dict[str, Any], caplog: pytest.LogCaptureFixture
 ) -> None:

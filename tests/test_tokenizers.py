@@ -314,6 +314,77 @@ def test_soft_quantizer_loss_gradients_and_small_temperature():
     assert torch.isfinite(x.grad).all() and torch.isfinite(soft.codebooks.grad).all()
 
 
+def eq14_probs(x: torch.Tensor, books: torch.Tensor, taus: list[float]) -> torch.Tensor:
+    """UniGRec eq. 14 by loops: level l's softmax of -|r - e|^2 / tau_l, r the soft residual."""
+    residual, out = x.clone(), []
+    for level, book in enumerate(books):
+        logits = torch.stack([-((residual - e) ** 2).sum(-1) / taus[level] for e in book], dim=-1)
+        probs = torch.softmax(logits, dim=-1)
+        out.append(probs)
+        residual = residual - probs @ book
+    return torch.stack(out, dim=1)
+
+
+def test_relative_temperature_with_unit_scale_is_eq14_and_otherwise_scale_free():
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(40, 6, generator=gen)
+    plain = make_codebooks(SoftResidualQuantizer(6, num_levels=2, codebook_size=8, temperature=0.3)).eval()
+    relative = SoftResidualQuantizer(
+        6, num_levels=2, codebook_size=8, temperature=0.3, relative_temperature=True
+    )
+    relative.load_state_dict(plain.state_dict())  # distance_scale: ones
+    relative.eval()
+    torch.testing.assert_close(relative(x).probs, plain(x).probs)
+    torch.testing.assert_close(plain(x).probs, eq14_probs(x, plain.codebooks.detach(), [0.3, 0.3]))
+
+    # k-means init sets each level's unit to the mean squared distance to the nearest code (hard residual)
+    relative.init_codebooks(x)
+    residual, expected = x, []
+    for book in relative.codebooks.detach():
+        d = torch.stack([((residual - e) ** 2).sum(-1) for e in book], dim=-1)
+        expected.append(d.min(-1).values.mean())
+        residual = residual - book[d.argmin(-1)]
+    torch.testing.assert_close(relative.distance_scale, torch.stack(expected))
+    scale = relative.distance_scale.tolist()
+    torch.testing.assert_close(
+        relative(x).probs, eq14_probs(x, relative.codebooks.detach(), [0.3 * s for s in scale])
+    )
+    # latents and codebooks 10x larger: the same assignment distributions (eq. 14 would sharpen them)
+    big = SoftResidualQuantizer(6, num_levels=2, codebook_size=8, temperature=0.3, relative_temperature=True)
+    big.init_codebooks(10 * x)
+    big.eval()
+    torch.testing.assert_close(big.distance_scale, 100 * relative.distance_scale)
+    torch.testing.assert_close(big(10 * x).probs, relative(x).probs, atol=1e-5, rtol=1e-4)
+
+
+def test_distance_scale_follows_training_batches_only():
+    gen = torch.Generator().manual_seed(6)
+    x = torch.randn(30, 6, generator=gen)
+    soft = SoftResidualQuantizer(6, num_levels=2, codebook_size=8, relative_temperature=True)
+    soft.init_codebooks(x)
+    before = soft.distance_scale.clone()
+    soft.eval()
+    soft(3 * x)
+    assert torch.equal(soft.distance_scale, before)  # evaluation leaves it alone
+    soft.train()
+    soft(3 * x, update_scale=False)
+    assert torch.equal(soft.distance_scale, before)  # so do projected (non-item) vectors
+    batch = 3 * x
+    out = soft(batch)
+    # level 1 sees the soft residual of level 0, computed with level 0's updated scale
+    residual, expected = batch, []
+    for level, book in enumerate(soft.codebooks.detach()):
+        d = squared_distances(residual, book)
+        expected.append(0.9 * before[level] + 0.1 * d.min(-1).values.mean())
+        residual = residual - out.probs[:, level] @ book
+    torch.testing.assert_close(soft.distance_scale, torch.stack(expected))
+    # weights saved before the buffer existed load as eq. 14 (unit scale)
+    state = {k: v for k, v in soft.state_dict().items() if k != "distance_scale"}
+    fresh = SoftResidualQuantizer(6, num_levels=2, codebook_size=8, relative_temperature=True)
+    fresh.load_state_dict(state)
+    assert torch.equal(fresh.distance_scale, torch.ones(2))
+
+
 def test_soft_temperature_is_validated():
     soft = SoftResidualQuantizer(4, codebook_size=3)
     soft.temperature = 0.002

@@ -2,6 +2,7 @@
 
 from genrec_lightning.callbacks.collisions import CollisionMonitor
 from genrec_lightning.callbacks.compile import Compile
+from genrec_lightning.callbacks.grad_share import GradientShares
 from genrec_lightning.callbacks.objectives import CurriculumScheduler, ObjectiveWeights
 from genrec_lightning.callbacks.predictions import TopKWriter
 from genrec_lightning.callbacks.temperature import TemperatureAnnealing, anneal
@@ -11,6 +12,7 @@ __all__ = [
     "CollisionMonitor",
     "Compile",
     "CurriculumScheduler",
+    "GradientShares",
     "ObjectiveWeights",
     "TemperatureAnnealing",
     "TestUsersWriter",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import lightning.pytorch as L
 import torch
@@ -54,6 +54,10 @@ class GenerativeRecommender(RecommenderModule):
         metric_ks: cutoffs of Recall/NDCG.
         head_fraction: head share of the test items for the head/tail metrics.
         coverage_k: list length for coverage and popularity-decile diagnostics.
+        reduction: how the token loss is reduced over an item's tokens: `mean` (per-token
+            average) or `sum` (UniGRec eq. 13: summed over the L tokens, averaged over samples,
+            i.e. L x mean). Optimisers are scale-free, so alone it changes little; it matters
+            where the loss is added to other terms or its gradient is clipped.
     """
 
     def __init__(
@@ -72,6 +76,7 @@ class GenerativeRecommender(RecommenderModule):
         metric_ks: Sequence[int] = (1, 5, 10, 20),
         head_fraction: float = 0.5,
         coverage_k: int = 10,
+        reduction: Literal["mean", "sum"] = "mean",
     ) -> None:
         if codebook_sizes is None:
             raise ValueError(
@@ -80,7 +85,7 @@ class GenerativeRecommender(RecommenderModule):
             )
         type(self).check_settings(
             {"beam_size": beam_size, "metric_ks": metric_ks, "lr": lr, "warmup_steps": warmup_steps,
-             "max_history": max_history, "min_lr_ratio": min_lr_ratio}
+             "max_history": max_history, "min_lr_ratio": min_lr_ratio, "reduction": reduction}
         )  # fmt: skip
         super().__init__(num_items, beam_size, metric_ks, head_fraction, coverage_k)
         self.save_hyperparameters(ignore=["network", "loss"])
@@ -93,6 +98,7 @@ class GenerativeRecommender(RecommenderModule):
         self.max_history = max_history
         self.beam_size = beam_size
         self.use_exact_ranking = exact_ranking
+        self.reduction = reduction
         self.vocab_size = NUM_SPECIAL_TOKENS + sum(sizes)
         self.network = network(self.vocab_size)
         if self.network.vocab_size != self.vocab_size:
@@ -108,6 +114,8 @@ class GenerativeRecommender(RecommenderModule):
         self._has_ids = False
         #: Scalars the loss reported on the last training batch (logged by `ObjectiveWeights`).
         self.loss_terms: dict[str, Tensor] = {}
+        #: The weighted terms of the training loss on the last batch (`callbacks.GradientShares`).
+        self.weighted_loss_terms: dict[str, Tensor] = {}
         self.register_load_state_dict_post_hook(lambda module, _: module._refresh_ids())
 
     @classmethod
@@ -128,7 +136,10 @@ class GenerativeRecommender(RecommenderModule):
             raise ConfigError(f"max_history must be >= 1, got {settings.get('max_history')}")
         if not 0.0 <= float(settings.get("min_lr_ratio", 0.0)) <= 1.0:
             raise ConfigError(f"min_lr_ratio must be in [0, 1], got {settings.get('min_lr_ratio')}")
-        super().check_settings({k: v for k, v in settings.items() if k != "beam_size"})
+        if settings.get("reduction", "mean") not in ("mean", "sum"):
+            raise ConfigError(f"reduction must be 'mean' or 'sum', got {settings.get('reduction')!r}")
+        own = {"beam_size", "reduction"}
+        super().check_settings({k: v for k, v in settings.items() if k not in own})
 
     def _refresh_ids(self) -> None:
         self._has_ids = bool((self.item_id_table >= 0).all())
@@ -206,6 +217,13 @@ class GenerativeRecommender(RecommenderModule):
         """Target token ids [B, L] of items [B]."""
         return self.item_codes()[items] + self.token_offsets
 
+    def reduce_tokens(self, loss: Tensor, labels: Tensor) -> Tensor:
+        """The token loss (a mean over real tokens) as `reduction` asks: unchanged for `mean`,
+        times real tokens per sample for `sum` (the per-sample sum of eq. 13, averaged over samples)."""
+        if self.reduction == "mean":
+            return loss
+        return loss * (labels != PAD).sum() / labels.shape[0]
+
     def empty_history_inputs(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         """Encoder inputs with the history removed (EOS only, after the user token if any): CFT's pass."""
         size = len(batch["target"])
@@ -224,6 +242,8 @@ class GenerativeRecommender(RecommenderModule):
         if self.loss.needs_counterfactual:
             counterfactual = self.network(*self.empty_history_inputs(batch), decoder_inputs)
         loss, self.loss_terms = self.loss(logits, labels, batch["target"], counterfactual)
+        loss = self.reduce_tokens(loss, labels)
+        self.weighted_loss_terms = {"rec": loss}  # one term; UniGRec names several
         self.log("train/loss", loss, prog_bar=True, batch_size=len(labels))
         return loss
 

@@ -23,6 +23,7 @@ import torch
 import torch.distributed as dist
 
 from genrec_lightning import __version__
+from genrec_lightning.optim import Decay, adamw_warmup_cosine
 from genrec_lightning.semantic_ids import DedupMethod, SemanticIds, collision_rate, usage_entropy
 from genrec_lightning.tokenizers import RQVAE, Tokenizer
 from genrec_lightning.tokenizers.quantizers import Quantizer
@@ -51,6 +52,8 @@ class TokenizerModule(L.LightningModule):
         dedup_seed: int = 0,
         use_best_checkpoint: bool = True,
         output_dir: str | None = None,
+        lr_decay: Decay = "constant",
+        lr_warmup_steps: int = 0,
     ) -> None:
         """
         Args:
@@ -71,8 +74,15 @@ class TokenizerModule(L.LightningModule):
                 instead of the last weights.
             output_dir: also write the artifact here (it always goes to the data cache when run
                 from a config, otherwise to the run's log directory).
+            lr_decay: learning-rate schedule over the run after the warm-up: `constant`, or a
+                `linear` / `cosine` decay to 0. UniGRec's stage 1 decays linearly (the authors'
+                recipe): a soft quantizer annealed to a small temperature at a constant rate
+                drifts its latents away from the codebooks and its IDs collide again.
+            lr_warmup_steps: optimiser steps of linear warm-up before the decay.
         """
         super().__init__()
+        if lr_warmup_steps < 0:
+            raise ValueError(f"lr_warmup_steps must be >= 0, got {lr_warmup_steps}")
         self.save_hyperparameters(ignore=["tokenizer"])
         self.tokenizer = tokenizer(embedding_dim)
         if not isinstance(self.tokenizer, Tokenizer):
@@ -280,12 +290,21 @@ class TokenizerModule(L.LightningModule):
             self.artifact_meta["checkpoint"] = str(best)
         self.write_semantic_ids()
 
-    def configure_optimizers(self) -> torch.optim.Optimizer | list[torch.optim.Optimizer]:
+    def configure_optimizers(self) -> torch.optim.Optimizer | list[torch.optim.Optimizer] | dict:
         if not self.tokenizer.trainable:
             # No optimiser: an empty list, which Lightning takes silently (`None` warns on every fit).
             return []
-        return torch.optim.AdamW(
-            self.tokenizer.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay
+        hp = self.hparams
+        if hp.lr_decay == "constant" and not hp.lr_warmup_steps:
+            return torch.optim.AdamW(self.tokenizer.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
+        return adamw_warmup_cosine(  # type: ignore[return-value]
+            self.tokenizer.parameters(),
+            hp.lr,
+            hp.weight_decay,
+            hp.lr_warmup_steps,
+            self.trainer.estimated_stepping_batches,
+            0.0,
+            hp.lr_decay,
         )
 
     # ---------------------------------------------------------------------------- artifact

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -84,6 +84,9 @@ class UniGRecModule(GenerativeRecommender):
         metric_ks: cutoffs of Recall/NDCG.
         head_fraction: head share of the test items for the head/tail metrics.
         coverage_k: list length for coverage and popularity-decile diagnostics.
+        reduction: `sum` (eq. 13: L_rec summed over the target's tokens, the balance of eq. 22's
+            weights in the paper) or `mean` (per-token average, which scales every other weight
+            of eq. 22 up by the number of tokens relative to the paper).
     """
 
     def __init__(
@@ -116,6 +119,7 @@ class UniGRecModule(GenerativeRecommender):
         metric_ks: Sequence[int] = (1, 5, 10, 20),
         head_fraction: float = 0.5,
         coverage_k: int = 10,
+        reduction: Literal["mean", "sum"] = "mean",
     ) -> None:
         tokenizer = _stage1_tokenizer(tokenizer_config)
         levels = tokenizer.num_levels
@@ -145,7 +149,7 @@ class UniGRecModule(GenerativeRecommender):
         sizes[-1] = max(sizes[-1], int(suffix_capacity))
         super().__init__(
             sizes, num_items, max_history, network, loss, beam_size, False, lr, weight_decay,
-            warmup_steps, min_lr_ratio, metric_ks, head_fraction, coverage_k,
+            warmup_steps, min_lr_ratio, metric_ks, head_fraction, coverage_k, reduction=reduction,
         )  # fmt: skip
         self.tokenizer = tokenizer
         self.tokenizer.temperature = temperature
@@ -167,6 +171,7 @@ class UniGRecModule(GenerativeRecommender):
         # Whether the tokenizer holds trained weights (stage 1 or a checkpoint), saved with them.
         self.register_buffer("tokenizer_ready", torch.tensor(False))
         self._ids_step: int | None = None  # global step of the last re-derivation
+        self.weighted_loss_terms: dict[str, Tensor] = {}
 
     # ----------------------------------------------------------------- setup
     def setup(self, stage: str) -> None:
@@ -334,30 +339,34 @@ class UniGRecModule(GenerativeRecommender):
         if self.loss.needs_counterfactual:
             counterfactual = self.network(*self.empty_history_inputs(batch), decoder_inputs)
         rec, terms = self.loss(logits, labels, target, counterfactual)
+        rec = self.reduce_tokens(rec, labels)
         terms = {"rec_loss": rec, **{f"rec/{k}": v for k, v in terms.items()}}
-        total = rec
+        weighted = {"rec": rec}
         if self.train_tokenizer:
             scale = 0.0 if self._tokenizer_frozen() else hp.recon_weight
-            total = total + scale * inputs["recon"]
+            weighted["recon"] = scale * inputs["recon"]
             terms["recon_loss"] = inputs["recon"]
         distill = self.distill_scale()
         if hasattr(self, "encoder_adapter"):
             pooled = masked_mean(encoder_states, inputs["history"])
             tau = hp.assignment_temperature
             quantizer = self.tokenizer.quantizer
-            log_p = quantizer(self.encoder_adapter(pooled), temperature=tau).log_probs
+            # update_scale=False: projected vectors must not move the items' distance scale
+            log_p = quantizer(self.encoder_adapter(pooled), temperature=tau, update_scale=False).log_probs
             log_q = quantizer(
-                self.teacher_adapter(self.teacher_embeddings[target]), temperature=tau
+                self.teacher_adapter(self.teacher_embeddings[target]), temperature=tau, update_scale=False
             ).log_probs
             terms["cd_tokenizer"] = symmetric_kl(log_p, log_q)
-            total = total + distill * hp.tokenizer_distill_weight * terms["cd_tokenizer"]
+            weighted["cd_tokenizer"] = distill * hp.tokenizer_distill_weight * terms["cd_tokenizer"]
         if hasattr(self, "decoder_adapter"):
             projected = self.decoder_adapter(decoder_states[:, 0])
             terms["cd_recommender"] = symmetric_info_nce(
                 projected, self.teacher_embeddings[target], hp.distill_temperature, labels=target
             )
-            total = total + distill * hp.recommender_distill_weight * terms["cd_recommender"]
-        return total, terms
+            weighted["cd_recommender"] = distill * hp.recommender_distill_weight * terms["cd_recommender"]
+        #: The weighted terms of this batch, for `callbacks.GradientShares`.
+        self.weighted_loss_terms = weighted
+        return torch.stack(list(weighted.values())).sum(), terms
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         loss, terms = self.joint_loss(batch)

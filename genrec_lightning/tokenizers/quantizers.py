@@ -270,6 +270,11 @@ class ResidualQuantizer(_ResidualCodebooks):
         )
 
 
+#: Momentum of the soft quantizer's moving distance scale (`relative_temperature`): it follows a
+#: change of the latent scale within ~10 steps, so an annealed tau keeps its meaning throughout.
+SCALE_MOMENTUM = 0.9
+
+
 class SoftResidualQuantizer(_ResidualCodebooks):
     """Soft residual quantisation of UniGRec (eq. 14): fully differentiable soft identifiers.
 
@@ -277,6 +282,13 @@ class SoftResidualQuantizer(_ResidualCodebooks):
     sum_l q_l. As tau -> 0 this becomes hard residual quantisation; `encode` gives those hard IDs.
     The loss is lambda_CU * L_CU (codeword uniformity); no commitment term is needed because the
     reconstruction gradient reaches the codebooks directly.
+
+    With `relative_temperature`, level l divides the squared distances by tau * s_l instead of tau,
+    s_l being the mean squared distance of the level's inputs to their nearest code (set on all
+    items at k-means init, then an exponential moving average of the training batches). Eq. 14 is
+    not scale-free: the encoder can sharpen every assignment by growing its latents, and at small
+    tau it does, without bound (latents leave the codebooks and collide). Relative to s_l, tau
+    means the same sharpness at any latent scale; s_l = 1 is eq. 14 exactly.
     """
 
     def __init__(
@@ -289,6 +301,7 @@ class SoftResidualQuantizer(_ResidualCodebooks):
         kmeans_iters: int = 25,
         seed: int = 0,
         dead_code_threshold: int = 0,
+        relative_temperature: bool = False,
     ) -> None:
         """
         Args:
@@ -301,12 +314,35 @@ class SoftResidualQuantizer(_ResidualCodebooks):
             seed: k-means seed (level l uses seed + l).
             dead_code_threshold: restart codes that are the argmax fewer times than this in an
                 epoch (0: never).
+            relative_temperature: measure tau in units of each level's mean squared distance to
+                the nearest code (`distance_scale`) instead of in absolute squared distances.
         """
         super().__init__(dim, num_levels, codebook_size, dim, kmeans_iters, seed, dead_code_threshold)
         if uniformity_weight < 0:
             raise ConfigError(f"uniformity_weight must be >= 0, got {uniformity_weight}")
         self.temperature = temperature
         self.uniformity_weight = uniformity_weight
+        self.relative_temperature = bool(relative_temperature)
+        # Per-level distance unit of tau; all ones (eq. 14) unless `relative_temperature`. Saved with
+        # the weights so the joint stage and inference use the scale stage 1 ended with.
+        self.register_buffer("distance_scale", torch.ones(num_levels))
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing, unexpected, errors):  # type: ignore[no-untyped-def]
+        # Tokenizer weights written before `distance_scale` existed were trained with eq. 14 as is.
+        state_dict.setdefault(prefix + "distance_scale", torch.ones_like(self.distance_scale))
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing, unexpected, errors)
+
+    @torch.no_grad()
+    def init_codebooks(self, x: Tensor) -> None:
+        """k-means init, then (with `relative_temperature`) each level's distance scale on all items."""
+        super().init_codebooks(x)
+        if not self.relative_temperature:
+            return
+        residual = x
+        for level, book in enumerate(self.codebooks):
+            nearest = squared_distances(residual, book).min(dim=1)
+            self.distance_scale[level] = nearest.values.mean().clamp_min(torch.finfo(x.dtype).tiny)
+            residual = residual - book[nearest.indices]
 
     @property
     def temperature(self) -> float:
@@ -320,21 +356,32 @@ class SoftResidualQuantizer(_ResidualCodebooks):
             raise ValueError(f"temperature must be a finite number > 0, got {value}")
         self._temperature = value
 
-    def forward(self, x: Tensor, temperature: float | None = None) -> QuantizerOutput:
+    def forward(
+        self, x: Tensor, temperature: float | None = None, update_scale: bool = True
+    ) -> QuantizerOutput:
         """x [B, dim] -> quantized [B, dim], codes [B, L] (argmax), probs/log_probs [B, L, K].
 
         `temperature` overrides tau for this call (UniGRec's distillation reads assignment
-        distributions of projected vectors at its own temperature).
+        distributions of projected vectors at its own temperature); `update_scale=False` keeps
+        such vectors out of the distance scale, which describes the items' latents.
         """
         self._check_input(x)
         tau = self.temperature if temperature is None else float(temperature)
+        track = self.relative_temperature and self.training and update_scale
         residual = x
         total = torch.zeros_like(x)
         log_probs, probs, inputs = [], [], []
-        for book in self.codebooks:
+        for level, book in enumerate(self.codebooks):
             inputs.append(residual)
+            distances = squared_distances(residual, book)
+            if track:
+                with torch.no_grad():
+                    batch_scale = distances.min(dim=1).values.mean().clamp_min(torch.finfo(x.dtype).tiny)
+                    self.distance_scale[level].lerp_(
+                        batch_scale.to(self.distance_scale.dtype), 1 - SCALE_MOMENTUM
+                    )
             # log_softmax of the scaled negative distances stays finite at tau = 1e-3 (float32 distances)
-            level_log_probs = F.log_softmax(-squared_distances(residual, book) / tau, dim=-1)
+            level_log_probs = F.log_softmax(-distances / (tau * self.distance_scale[level]), dim=-1)
             level_probs = level_log_probs.exp()
             soft = level_probs.to(book.dtype) @ book  # [B, dim]
             residual = residual - soft
