@@ -161,10 +161,18 @@ def tiny_runs(stages: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) 
         GenRecCLI(args=["fit", "--config", str(tiny_curriculum_config(stages, tmp, decay))])
     sweep = sorted((tmp / "runs" / "sweep").glob("version_*"))
     assert len(sweep) == 2
+    # Figure 4: two stage-1 runs that differ in lambda_CU
+    key = "--model.init_args.tokenizer.init_args.quantizer.init_args.uniformity_weight"
+    pretrain = str(stages["paths"]["pretrain"])
+    for weight in ("0.01", "0.001"):
+        save_dir = ["--trainer.logger.init_args.save_dir", str(tmp / f"cu{weight}")]
+        GenRecCLI(args=["fit", "--config", pretrain, key, weight, *save_dir])
     artifact = stages["dm"].semantic_ids_path
     return {
         "tmp": tmp,
         "unigrec": tmp / "unigrec" / "runs" / "unigrec" / "version_0",
+        "stage1": [tmp / f"cu{w}" / "unigrec_pretrain" / "version_0" for w in ("0.01", "0.001")],
+        "cache": stages["tmp"] / "cache",
         "sweep": sweep,
         "ids_yaml": stages["paths"]["pretrain"],
         "ids_dir": artifact,
@@ -191,13 +199,14 @@ def test_genrec_report_writes_every_figure_for_real_runs(
     tiny_runs: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
     out = tmp_path / "report"
-    runs = [str(tiny_runs["unigrec"]), *map(str, tiny_runs["sweep"])]
-    main(["report", *runs, "--labels", "unigrec", "c0.05", "c0.3", "--ids", str(tiny_runs["ids_yaml"]),
-          str(tiny_runs["ids_dir"]), "--output", str(out)])  # fmt: skip
+    runs = [str(tiny_runs["unigrec"]), *map(str, tiny_runs["sweep"]), *map(str, tiny_runs["stage1"])]
+    main(["report", *runs, "--labels", "unigrec", "c0.05", "c0.3", "cu1e-2", "cu1e-3", "--ids",
+          str(tiny_runs["ids_yaml"]), str(tiny_runs["ids_dir"]), "--output", str(out)])  # fmt: skip
     printed = capsys.readouterr().out
     names = sorted(p.name for p in out.iterdir())
     label = Path(tiny_runs["ids_yaml"]).stem
     for name in ("training_curves", "collision_rate", "head_tail", "popularity_deciles", "curriculum_sweep",
+                 "uniformity_sweep",
                  "objective_weights_c0.05", "objective_weights_c0.3", "identifier_evolution_unigrec",
                  "codebook_pca_unigrec", "code_usage_unigrec", f"code_usage_{label}",
                  f"codebook_pca_{label}", f"purity_gain_{label}", "filter_ratios"):  # fmt: skip
@@ -207,6 +216,16 @@ def test_genrec_report_writes_every_figure_for_real_runs(
     assert sweep["c"].to_list() == [0.05, 0.3]
     metrics = json.loads((tiny_runs["sweep"][0] / "test_metrics.json").read_text())["metrics"]
     assert sweep["test/ndcg@5"][0] == pytest.approx(metrics["test/ndcg@5"])
+    # Figure 4: each stage-1 run's lambda_CU and the collision rate of the IDs it wrote
+    cu_sweep = pl.read_csv(out / "uniformity_sweep.csv")
+    assert cu_sweep["lambda_cu"].to_list() == [1e-3, 1e-2] and cu_sweep["run"].to_list() == [
+        "cu1e-3",
+        "cu1e-2",
+    ]
+    tables = [SemanticIds.load(m.parent) for m in tiny_runs["cache"].glob("**/semantic_ids/*/meta.json")]
+    for run, rate in zip(tiny_runs["stage1"][::-1], cu_sweep["collision_rate"].to_list(), strict=True):
+        (written,) = [t for t in tables if t.meta.get("checkpoint", "").startswith(str(run))]
+        assert rate == pytest.approx(written.statistics()["collision_rate"], abs=1e-6)
     ratios = pl.read_csv(out / "filter_ratios.csv")
     expected = F.filter_ratio_table({"x": SemanticIds.load(tiny_runs["ids_dir"])})
     assert ratios["layer_2"][0] == pytest.approx(expected["layer_2"][0])

@@ -102,8 +102,17 @@ def test_fit_writes_the_artifact_a_recommender_reuses(
 
 def test_soft_run_logs_annealed_temperature_and_collision_curves(tmp_path: Path) -> None:
     cfg = tiny_config(tmp_path, "configs/unigrec_pretrain.yaml")
+    assert cfg["model"]["init_args"]["lr_decay"] == "linear"  # the shipped stage-1 recipe
+    cfg["model"]["init_args"]["lr_warmup_steps"] = 4
     cli = GenRecCLI(args=["fit", "--config", str(write_config(tmp_path, cfg))])
     steps = cli.trainer.global_step
+    # learning rate: 4 warm-up steps, then linear to 0 at the end of the run
+    (schedule,) = cli.trainer.lr_scheduler_configs
+    assert schedule.interval == "step" and steps > 8
+    for step in range(steps + 1):
+        expected = (step + 1) / 4 if step < 4 else 1 - (step - 4) / (steps - 4)
+        assert schedule.scheduler.lr_lambdas[0](step) == pytest.approx(expected)
+    assert cli.trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)
     tags = scalars(tmp_path / "runs" / "unigrec_pretrain" / "version_0")
     temperature = dict(tags["train/temperature"])
     assert temperature[0] == pytest.approx(0.01)
@@ -113,6 +122,20 @@ def test_soft_run_logs_annealed_temperature_and_collision_curves(tmp_path: Path)
     curve = {s for s, _ in tags["ids/collision_rate"]}
     assert set(range(2, steps + 1, 2)) <= curve  # every 2 steps (plus once per epoch)
     assert "ids/entropy_l1" in tags and "val/collision_rate" in tags
+
+
+def test_warmup_decay_shapes() -> None:
+    from genrec_lightning.optim import warmup_cosine
+
+    for step in range(25):
+        warm = (step + 1) / 5 if step < 5 else None
+        linear = warm or 0.1 + 0.9 * (1 - min(1.0, (step - 5) / 15))
+        cosine = warm or 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, (step - 5) / 15)))
+        assert warmup_cosine(step, 5, 20, 0.1, "linear") == pytest.approx(linear)
+        assert warmup_cosine(step, 5, 20, 0.1) == pytest.approx(cosine)
+        assert warmup_cosine(step, 5, 20, 0.1, "constant") == pytest.approx(warm or 1.0)
+    with pytest.raises(ValueError, match="unknown decay"):
+        warmup_cosine(7, 5, 20, 0.1, "step")  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("schedule", ["linear", "cosine", "exponential"])

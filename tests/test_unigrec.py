@@ -345,6 +345,13 @@ def test_genrec_fit_unigrec_end_to_end(stages: dict[str, Any], tmp_path: Path) -
                 "val/ndcg@10", "test/ndcg@10", "ids/collision_rate", "ids/entropy_l0",
                 "ids/change_rate_l0", "ids/changed_since_start_levels0"):  # fmt: skip
         assert tag in tags, f"{tag} missing"
+    # GradientShares (configs/unigrec.yaml): each weighted term's share of T5's gradient norm, at step 0
+    shares = {tag: values for tag, values in tags.items() if tag.startswith("train/grad_share/")}
+    terms = ("rec", "recon", "cd_tokenizer", "cd_recommender")
+    assert set(shares) == {f"train/grad_share/{t}" for t in terms}
+    assert sum(values[0][1] for values in shares.values()) == pytest.approx(1.0, abs=1e-5)
+    assert shares["train/grad_share/recon"][0][1] == 0.0  # the reconstruction never reaches T5
+    assert shares["train/grad_share/rec"][0][1] > 0
     metrics = yaml.safe_load((run / "test_metrics.json").read_text())["metrics"]
     assert 0.0 <= metrics["test/recall@10"] <= 1.0
     # The tested checkpoint decodes the IDs its own tokenizer assigns.

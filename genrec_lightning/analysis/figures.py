@@ -25,6 +25,8 @@ from genrec_lightning.analysis.runs import config_value, last_values, series
 from genrec_lightning.semantic_ids import SemanticIds, filter_ratios, usage_entropy
 
 DECAY_KEY = "model.init_args.loss.init_args.decay"
+#: Where a stage-1 config keeps lambda_CU (UniGRec Figure 4's sweep axis).
+UNIFORMITY_KEY = "model.init_args.tokenizer.init_args.quantizer.init_args.uniformity_weight"
 
 
 def _grid(
@@ -271,6 +273,35 @@ def plot_curriculum_sweep(sweep: pl.DataFrame, metric: str = "test/ndcg@5") -> F
     ax.set_ylabel(metric)
     ax.legend(fontsize=8)
     ax.set_title("Curriculum speed sweep (Figure 4)")
+    return fig
+
+
+def uniformity_sweep(runs: Mapping[str, tuple[Mapping, pl.DataFrame]]) -> pl.DataFrame:
+    """Figure 4's data: lambda_CU of each stage-1 run (config, scalars) and its final collision rate.
+
+    The final rate is the last `ids/collision_rate`: a tokenizer stage logs the rate of the IDs it
+    wrote (from the selected checkpoint) last, after the `CollisionMonitor` curve.
+    """
+    rows = []
+    for label, (config, scalars) in runs.items():
+        weight = config_value(config, UNIFORMITY_KEY)
+        _, values = series(scalars, "ids/collision_rate")
+        if weight is not None and values:
+            rows.append({"run": label, "lambda_cu": float(weight), "collision_rate": values[-1]})
+    if not rows:
+        raise ValueError(f"no run has both {UNIFORMITY_KEY} in its config.yaml and ids/collision_rate")
+    return pl.DataFrame(rows).sort("lambda_cu")
+
+
+def plot_uniformity_sweep(sweep: pl.DataFrame) -> Figure:
+    """Figure 4: final collision rate against lambda_CU (symmetric log axis, so 0 is shown)."""
+    fig, (ax,) = _grid(1, width=5.0)
+    ax.plot(sweep["lambda_cu"].to_list(), sweep["collision_rate"].to_list(), marker="o")
+    positive = [w for w in sweep["lambda_cu"].to_list() if w > 0]
+    ax.set_xscale("symlog", linthresh=min(positive) if positive else 1e-5)
+    ax.set_xlabel("uniformity weight lambda_CU")
+    ax.set_ylabel("collision rate of the written IDs")
+    ax.set_title("Codeword-uniformity sweep (UniGRec Figure 4)")
     return fig
 
 

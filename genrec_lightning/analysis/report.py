@@ -73,7 +73,8 @@ class Report:
 
 
 def report_runs(report: Report, run_dirs: Sequence[Path], labels: Sequence[str], k: int = 10) -> None:
-    """Training curves, objective weights, collision rate, identifier evolution, test-metric figures."""
+    """Training curves, objective weights, collision rate (UniGRec Figure 3), the lambda_CU sweep
+    (Figure 4), identifier evolution, test-metric figures."""
     scalars = {label: read_scalars(d) for label, d in zip(labels, run_dirs, strict=True)}
     metrics = {label: read_test_metrics(d) for label, d in zip(labels, run_dirs, strict=True)}
     configs = {label: read_config(d) for label, d in zip(labels, run_dirs, strict=True)}
@@ -92,6 +93,11 @@ def report_runs(report: Report, run_dirs: Sequence[Path], labels: Sequence[str],
         sweep = F.curriculum_sweep(runs)
         report.table("curriculum_sweep", sweep)
         report.add("curriculum_sweep", lambda: F.plot_curriculum_sweep(sweep))
+    weights = {config_value(c, F.UNIFORMITY_KEY) for c in configs.values()} - {None}
+    if len(weights) > 1:
+        cu_sweep = F.uniformity_sweep({label: (configs[label], scalars[label]) for label in labels})
+        report.table("uniformity_sweep", cu_sweep)
+        report.add("uniformity_sweep", lambda: F.plot_uniformity_sweep(cu_sweep))
     for label, run_dir in zip(labels, run_dirs, strict=True):
         suffix = "" if len(labels) == 1 else f"_{label}"
         run_scalars = scalars[label]
