@@ -171,7 +171,6 @@ class UniGRecModule(GenerativeRecommender):
         # Whether the tokenizer holds trained weights (stage 1 or a checkpoint), saved with them.
         self.register_buffer("tokenizer_ready", torch.tensor(False))
         self._ids_step: int | None = None  # global step of the last re-derivation
-        self.weighted_loss_terms: dict[str, Tensor] = {}
 
     # ----------------------------------------------------------------- setup
     def setup(self, stage: str) -> None:
