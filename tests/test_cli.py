@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -23,8 +24,15 @@ def test_configs_exist() -> None:
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: str(p.relative_to(ROOT / "configs")))
 def test_every_yaml_parses(config: Path, capsys: pytest.CaptureFixture) -> None:
     """Each shipped YAML is accepted by the real parser (types, class paths, option names)."""
-    # A preset is a partial config layered over an experiment, as the README runs it.
+    # A preset is a partial config layered over an experiment, as the README runs it; a delta (no
+    # model or data class of its own) is parsed over the base its usage line stacks it on.
     base = ["--config", str(ROOT / "configs/tiger.yaml")] if config.parent.name == "presets" else []
+    parsed = yaml.safe_load(config.read_text())
+    if not base and not any("class_path" in (parsed.get(key) or {}) for key in ("model", "data")):
+        name = str(config.relative_to(ROOT))
+        stacked = re.search(rf"--config (\S+) --config {re.escape(name)}", config.read_text())
+        assert stacked, f"{name} is a delta config: its header must show `--config <base> --config {name}`"
+        base = ["--config", str(ROOT / stacked.group(1))]
     with pytest.raises(SystemExit) as done:
         main(["fit", *base, "--config", str(config), "--print_config"])
     assert done.value.code in (0, None)
