@@ -226,6 +226,9 @@ def test_genrec_report_writes_every_figure_for_real_runs(
     for run, rate in zip(tiny_runs["stage1"][::-1], cu_sweep["collision_rate"].to_list(), strict=True):
         (written,) = [t for t in tables if t.meta.get("checkpoint", "").startswith(str(run))]
         assert rate == pytest.approx(written.statistics()["collision_rate"], abs=1e-6)
+    last_validation = [read_scalars(run).filter(pl.col("tag") == "val/collision_rate")["value"][-1]
+                       for run in tiny_runs["stage1"][::-1]]  # fmt: skip
+    assert cu_sweep["collision_rate_end"].to_list() == pytest.approx(last_validation)
     ratios = pl.read_csv(out / "filter_ratios.csv")
     expected = F.filter_ratio_table({"x": SemanticIds.load(tiny_runs["ids_dir"])})
     assert ratios["layer_2"][0] == pytest.approx(expected["layer_2"][0])

@@ -277,17 +277,23 @@ def plot_curriculum_sweep(sweep: pl.DataFrame, metric: str = "test/ndcg@5") -> F
 
 
 def uniformity_sweep(runs: Mapping[str, tuple[Mapping, pl.DataFrame]]) -> pl.DataFrame:
-    """Figure 4's data: lambda_CU of each stage-1 run (config, scalars) and its final collision rate.
+    """Figure 4's data: lambda_CU of each stage-1 run (config, scalars), the collision rate of the
+    IDs it wrote and the rate at its last validation.
 
-    The final rate is the last `ids/collision_rate`: a tokenizer stage logs the rate of the IDs it
-    wrote (from the selected checkpoint) last, after the `CollisionMonitor` curve.
+    `collision_rate` is the last `ids/collision_rate`: a tokenizer stage logs the rate of the IDs
+    it wrote (from the selected checkpoint) last, after the `CollisionMonitor` curve.
+    `collision_rate_end` is the last `val/collision_rate` (null without validation): the two
+    differ when checkpoint selection picked an earlier, less trained state.
     """
     rows = []
     for label, (config, scalars) in runs.items():
         weight = config_value(config, UNIFORMITY_KEY)
         _, values = series(scalars, "ids/collision_rate")
+        _, validated = series(scalars, "val/collision_rate")
         if weight is not None and values:
-            rows.append({"run": label, "lambda_cu": float(weight), "collision_rate": values[-1]})
+            end = validated[-1] if validated else None
+            row = {"run": label, "lambda_cu": float(weight), "collision_rate": values[-1]}
+            rows.append(row | {"collision_rate_end": end})
     if not rows:
         raise ValueError(f"no run has both {UNIFORMITY_KEY} in its config.yaml and ids/collision_rate")
     return pl.DataFrame(rows).sort("lambda_cu")
@@ -296,11 +302,15 @@ def uniformity_sweep(runs: Mapping[str, tuple[Mapping, pl.DataFrame]]) -> pl.Dat
 def plot_uniformity_sweep(sweep: pl.DataFrame) -> Figure:
     """Figure 4: final collision rate against lambda_CU (symmetric log axis, so 0 is shown)."""
     fig, (ax,) = _grid(1, width=5.0)
-    ax.plot(sweep["lambda_cu"].to_list(), sweep["collision_rate"].to_list(), marker="o")
+    weights = sweep["lambda_cu"].to_list()
+    ax.plot(weights, sweep["collision_rate"].to_list(), marker="o", label="written IDs")
+    if sweep["collision_rate_end"].null_count() < sweep.height:
+        ax.plot(weights, sweep["collision_rate_end"].to_list(), marker="s", ls="--", label="last validation")
+        ax.legend(fontsize=8)
     positive = [w for w in sweep["lambda_cu"].to_list() if w > 0]
     ax.set_xscale("symlog", linthresh=min(positive) if positive else 1e-5)
     ax.set_xlabel("uniformity weight lambda_CU")
-    ax.set_ylabel("collision rate of the written IDs")
+    ax.set_ylabel("collision rate")
     ax.set_title("Codeword-uniformity sweep (UniGRec Figure 4)")
     return fig
 
