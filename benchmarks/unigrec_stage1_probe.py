@@ -118,7 +118,7 @@ def main() -> None:
                     "max_p": out.probs.max(dim=-1).values.mean(dim=0).tolist(),
                     "latent_sq": latent_sq,
                     "nearest_sq": nearest,
-                    "recon": float(out.recon_loss),
+                    "recon": float(out.recon_loss.detach()),
                 }
                 rows.append(row)
                 print(
