@@ -93,8 +93,11 @@ def main() -> None:
     rows, step, start = [], 0, time.perf_counter()
     codes = model.encode(z)
     latent_sq, nearest = geometry(model, z)
+    with torch.no_grad():
+        start_p = model(z).probs.max(dim=-1).values.mean(dim=0).tolist()  # type: ignore[union-attr]
     print(f"k-means init: collision {collision_rate(codes):.4f}  latent_sq {latent_sq:.4g}  "
-          f"nearest_sq {[round(v, 6) for v in nearest]}")  # fmt: skip
+          f"nearest_sq {[round(v, 6) for v in nearest]}  "
+          f"max_p at tau_max {[round(p, 4) for p in start_p]}")  # fmt: skip
     while step < args.steps:
         for batch in torch.randperm(len(z), generator=generator).split(1024):
             model.temperature = anneal(step / args.steps, args.tau_max, args.tau_min)
