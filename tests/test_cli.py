@@ -131,10 +131,15 @@ TOKEN_LOSS_CONFIGS = [
 ]
 
 
+#: The token-weighting paper's IDs (§5.1.3, footnote 5), shared by every row of its tables but the PQ ones.
+PAPER_IDS = "configs/tokenizers/rqvae_4x256.yaml"
+
+
 @pytest.mark.parametrize("name", TOKEN_LOSS_CONFIGS)
 def test_token_loss_configs_change_only_the_loss(name: str) -> None:
-    """Every row of the paper's tables is configs/tiger.yaml with another loss (and, for Table 5, PQ IDs)."""
-    base = yaml.safe_load((ROOT / "configs/tiger.yaml").read_text())
+    """Every row of the paper's tables is its TIGER row (configs/baselines/tiger.yaml) with another
+    loss, on the paper's IDs (Table 5: PQ IDs)."""
+    base = yaml.safe_load((ROOT / "configs/baselines/tiger.yaml").read_text())
     cfg = yaml.safe_load((ROOT / "configs" / name).read_text())
     text = (ROOT / "configs" / name).read_text()
     assert text.startswith("# ") and f"genrec fit --config configs/{name}" in text, "header: what + command"
@@ -144,7 +149,32 @@ def test_token_loss_configs_change_only_the_loss(name: str) -> None:
         c["trainer"]["logger"]["init_args"].pop("name")
         c["trainer"].pop("callbacks")
         tokenizer = c["data"]["init_args"].pop("tokenizer")
-        assert tokenizer == (
-            "configs/tokenizers/pqkmeans.yaml" if c is cfg and "pq_" in name else "configs/rqvae.yaml"
-        )
+        assert tokenizer == ("configs/tokenizers/pqkmeans.yaml" if c is cfg and "pq_" in name else PAPER_IDS)
     assert cfg == base
+
+
+def test_token_weighting_rows_share_the_papers_ids() -> None:
+    """The paper's layout: one RQ-VAE config with 4 levels x 256 and random last-token reassignment,
+    named by the TIGER row and every token-weighting row; TIGER's own configs keep 3 x 256 + suffix,
+    and the two TIGER rows differ only in their IDs."""
+    rows = ["baselines/tiger.yaml", *(n for n in TOKEN_LOSS_CONFIGS if "pq_" not in n)]
+    named = {
+        yaml.safe_load((ROOT / "configs" / n).read_text())["data"]["init_args"]["tokenizer"] for n in rows
+    }
+    assert named == {PAPER_IDS}
+    ids = yaml.safe_load((ROOT / PAPER_IDS).read_text())["model"]["init_args"]
+    quantizer = ids["tokenizer"]["init_args"]["quantizer"]
+    assert quantizer["class_path"].endswith("ResidualQuantizer")
+    assert quantizer["init_args"]["num_levels"] == 4 and quantizer["init_args"]["codebook_size"] == 256
+    assert ids["dedup"] == "reassign_last"
+    tiger_ids = yaml.safe_load((ROOT / "configs/rqvae.yaml").read_text())["model"]["init_args"]
+    assert (
+        tiger_ids["dedup"] == "suffix"
+        and tiger_ids["tokenizer"]["init_args"]["quantizer"]["init_args"]["num_levels"] == 3
+    )
+    tiger, paper = (
+        yaml.safe_load((ROOT / "configs" / n).read_text()) for n in ("tiger.yaml", "baselines/tiger.yaml")
+    )
+    for c in (tiger, paper):
+        c["data"]["init_args"].pop("tokenizer"), c["trainer"]["logger"]["init_args"].pop("name")
+    assert tiger == paper

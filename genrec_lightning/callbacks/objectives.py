@@ -5,8 +5,9 @@ counts optimiser steps only, is restored on resume and does not move during vali
 run length before each training batch, so a curriculum is a pure function of the step and a
 resumed run continues exactly where it stopped. `ObjectiveWeights` writes the loss's reported
 scalars (every lambda, alpha, per-objective loss, the curriculum factor: the paper's Figure 5)
-every N optimiser steps, averaged over DDP ranks. `GenerativeRecommender` adds either callback
-itself when its loss needs it and the trainer has none, so a config cannot forget them.
+every N optimiser steps, averaged over DDP ranks, and prints the final weights when training ends.
+`GenerativeRecommender` adds either callback itself when its loss needs it and the trainer has
+none, so a config cannot forget them.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 
 import lightning.pytorch as L
 import torch
+from lightning.pytorch.utilities.rank_zero import rank_zero_info
 
 from genrec_lightning.losses.base import TokenLoss
 
@@ -33,6 +35,10 @@ class CurriculumScheduler(L.Callback):
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         total = trainer.estimated_stepping_batches
         self._total = int(total) if math.isfinite(total) else None
+        for loss in token_losses(pl_module):
+            note = loss.schedule_note(self._total)  # raises here, not mid-run, on a bad schedule
+            if note:
+                rank_zero_info(note)
 
     def on_train_batch_start(
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
@@ -71,6 +77,14 @@ class ObjectiveWeights(L.Callback):
         metrics = dict(zip(names, values.tolist(), strict=True))
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=step)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Print the objective weights of the last step (alpha'_j, the curriculum factor)."""
+        terms: dict[str, torch.Tensor] = getattr(pl_module, "loss_terms", None) or {}
+        shown = {n: float(v) for n, v in sorted(terms.items()) if "/alpha_" in n or n == "curriculum/factor"}
+        if shown:
+            parts = ", ".join(f"{n.split('/')[-1]} {v:.3f}" for n, v in shown.items())
+            rank_zero_info(f"objective weights after step {trainer.global_step}: {parts}")
 
 
 __all__ = ["CurriculumScheduler", "ObjectiveWeights", "token_losses"]

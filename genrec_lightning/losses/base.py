@@ -83,6 +83,11 @@ class TokenLoss(nn.Module):
                 module.step = int(step)
                 module.total_steps = total_steps
 
+    def schedule_note(self, total_steps: int | None) -> str | None:
+        """A line for the console on how this loss's schedule resolves for a run of `total_steps`
+        planned optimiser steps (None: nothing to say); may raise on a schedule the run cannot drive."""
+        return None
+
     @property
     def logit_scale(self) -> float:
         """Factor on the logits before the softmax (1 / temperature); 1 for plain weighting rules."""

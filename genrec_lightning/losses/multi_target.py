@@ -6,6 +6,11 @@ exp(-c t) and the rising ones' (`fr`) by 1 - exp(-c t), with t the optimiser ste
 (`trainer.global_step`, restored on resume), then normalises: alpha'_j = lambda'_j / sum_k lambda'_k.
 The objective is sum_j alpha'_j L_j (default), or the paper's literal form where alpha'_j scales
 the logits inside each objective's softmax.
+
+The rate c is either the paper's absolute value (2e-5 per step, tied to the paper's run length) or
+derived from the run's planned length (`decay_at`), so the FG/CE -> FR hand-over happens inside a
+run of any length. Minimising sum_j alpha_j L_j over learnable lambdas moves weight to the
+objective with the smallest loss; `uncertainty` adds a penalty that holds the weights back.
 """
 
 from __future__ import annotations
@@ -45,10 +50,21 @@ class MultiTargetCurriculum(ObjectiveMixture):
     Args:
         objectives: name -> token loss; default {"fg": FrontGreater(), "fr": Frequency(), "or": plain CE}.
         rising: objectives whose weight grows as 1 - exp(-c t); all others decay as exp(-c t).
-        decay: the curriculum rate c (per optimiser step); 2e-5 as in the paper.
+        decay: the curriculum rate c (per optimiser step); 2e-5 as in the paper, whose runs are
+            long enough for exp(-c t) to fall well below 1. Ignored when `decay_at` is set.
+        decay_at: progress-relative curriculum: the fraction of the run's planned optimiser steps
+            (`trainer.estimated_stepping_batches`) at which exp(-c t) reaches `decay_to`, i.e.
+            c = -ln(decay_to) / (decay_at x planned steps), resolved when training starts and
+            logged as `curriculum/c`. None uses `decay` as given.
+        decay_to: the curriculum factor reached at `decay_at` (0.5: the objectives' halfway point).
         curriculum: False keeps the learnable weights without any schedule (Table 4 "Multi-Target").
         scale_logits: the paper's literal form (logits scaled by alpha'_j before each softmax)
             instead of weighting the losses.
+        uncertainty: r >= 0; adds r x mean_j(-log alpha_j), alpha_j = lambda_j / sum_k lambda_k the
+            learnable weights before the curriculum. Like the log-sigma term of uncertainty
+            weighting it bounds the drift towards the lowest loss: at the optimum alpha_j is
+            proportional to 1 / (L_j + mu) instead of all weight on min_j L_j. 0 (default) is the
+            paper's objective.
     """
 
     def __init__(
@@ -56,8 +72,11 @@ class MultiTargetCurriculum(ObjectiveMixture):
         objectives: Mapping[str, TokenLoss] | None = None,
         rising: Sequence[str] = ("fr",),
         decay: float = 2e-5,
+        decay_at: float | None = None,
+        decay_to: float = 0.5,
         curriculum: bool = True,
         scale_logits: bool = False,
+        uncertainty: float = 0.0,
     ) -> None:
         if objectives is None:
             objectives = {"fg": FrontGreater(), "fr": Frequency(), "or": CrossEntropyTokenLoss()}
@@ -68,6 +87,14 @@ class MultiTargetCurriculum(ObjectiveMixture):
             raise ValueError(f"rising objectives {sorted(unknown)} are not among {sorted(objectives)}")
         if decay < 0:
             raise ValueError(f"decay must be >= 0, got {decay}")
+        if decay_at is not None and not 0.0 < decay_at <= 1.0:
+            raise ValueError(f"decay_at is a fraction of the run and must be in (0, 1], got {decay_at}")
+        if not 0.0 < decay_to < 1.0:
+            raise ValueError(
+                f"decay_to is a curriculum factor exp(-c t) and must be in (0, 1), got {decay_to}"
+            )
+        if uncertainty < 0:
+            raise ValueError(f"uncertainty must be >= 0, got {uncertainty}")
         for name, objective in objectives.items():
             if objective.needs_counterfactual or type(objective).forward is not TokenLoss.forward:
                 raise ValueError(
@@ -77,8 +104,11 @@ class MultiTargetCurriculum(ObjectiveMixture):
         super().__init__(objectives)
         self.rising = tuple(rising)
         self.decay = decay
+        self.decay_at = decay_at
+        self.decay_to = decay_to
         self.curriculum = curriculum
         self.scale_logits = scale_logits
+        self.uncertainty = uncertainty
         self.uses_step = curriculum
         # lambda_j = softplus(raw_j) > 0, starting at 1 for every objective.
         start = math.log(math.expm1(1.0))
@@ -88,12 +118,46 @@ class MultiTargetCurriculum(ObjectiveMixture):
     def lambdas(self) -> Tensor:
         return F.softplus(self.raw_lambdas)
 
+    @property
+    def rate(self) -> float:
+        """The curriculum rate c per optimiser step: `decay`, or the one `decay_at` resolves to."""
+        return self.rate_for(self.total_steps)
+
+    def rate_for(self, total_steps: int | None) -> float:
+        """c for a run of `total_steps` planned optimiser steps."""
+        if self.decay_at is None:
+            return self.decay
+        if not total_steps or not math.isfinite(total_steps):
+            raise RuntimeError(
+                "MultiTargetCurriculum(decay_at=...) needs the run's planned length: train through "
+                "GenerativeRecommender with trainer.max_steps or max_epochs set, or give an absolute "
+                "rate with `decay` and decay_at: null"
+            )
+        return -math.log(self.decay_to) / (self.decay_at * total_steps)
+
     def schedule(self, step: int) -> Tensor:
         """Curriculum factor per objective at optimiser step `step`."""
         if not self.curriculum:
             return torch.ones(len(self.objectives))
-        falling = math.exp(-self.decay * step)
+        falling = math.exp(-self.rate * step)
         return torch.tensor([1.0 - falling if name in self.rising else falling for name in self.objectives])
+
+    def schedule_note(self, total_steps: int | None) -> str | None:
+        """One line on the resolved curriculum for the console when training starts."""
+        if not self.curriculum:
+            return None
+        c = self.rate_for(total_steps)
+        if not total_steps:
+            return f"curriculum: c = {c:.3g} per optimiser step (run length unknown)"
+        end = math.exp(-c * total_steps)
+        note = f"curriculum: c = {c:.3g} per optimiser step; exp(-c t) ends at {end:.3g}"
+        note += f" after {total_steps:,} steps"
+        if self.decay_at is None and end > 0.9:
+            note += (
+                f" -- the objectives barely move in this run; set decay_at (e.g. 0.5: halfway at step "
+                f"{total_steps // 2:,}) for a curriculum relative to the run length"
+            )
+        return note
 
     def alphas(self, step: int) -> Tensor:
         """alpha'_j = lambda'_j / sum_k lambda'_k (all-zero lambda' only if every factor is 0)."""
@@ -110,8 +174,13 @@ class MultiTargetCurriculum(ObjectiveMixture):
         alphas = self.alphas(self.step)
         terms: dict[str, Tensor] = {}
         if self.curriculum:
-            terms["curriculum/factor"] = torch.tensor(math.exp(-self.decay * self.step))
+            terms["curriculum/factor"] = torch.tensor(math.exp(-self.rate * self.step))
+            terms["curriculum/c"] = torch.tensor(self.rate)
         total = logits.new_zeros((), dtype=torch.float32)
+        if self.uncertainty > 0:
+            penalty = self.uncertainty * -torch.log(self.lambdas / self.lambdas.sum()).mean()
+            total = total + penalty
+            terms["objectives/uncertainty_penalty"] = penalty.detach()
         for j, (name, objective) in enumerate(self.objectives.items()):
             weights = objective.token_weights(labels, items)
             scale = objective.logit_scale
