@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -86,6 +87,23 @@ def test_popularity_bins_and_curriculum_sweep_read_metrics_and_configs() -> None
     assert sweep["run"].to_list() == ["a", "b"] and sweep["c"].to_list() == [2e-5, 3e-5]
     with pytest.raises(ValueError, match="decay"):
         F.curriculum_sweep({"x": ({}, {})})
+    # A run-relative curriculum is placed at the c it resolved to and logged, not at `decay`.
+    relative = {"model": {"init_args": {"loss": {"init_args": {"decay": 2e-5, "decay_at": 0.5}}}}}
+    logged = pl.DataFrame(
+        {
+            "tag": ["curriculum/c", "curriculum/c", "curriculum/factor"],
+            "step": [0, 50, 50],
+            "value": [1e-3, 1e-3, 0.9],
+            "wall_time": [0.0, 1.0, 1.0],
+        }  # fmt: skip
+    )
+    assert F.curriculum_rate(relative, logged) == pytest.approx(1e-3)
+    assert F.curriculum_rate(relative) is None and F.curriculum_rate(config) == 2e-5
+    runs["r"] = (relative, {"test/ndcg@5": 0.3})
+    sweep = F.curriculum_sweep(runs, scalars={"r": logged})
+    assert sweep["run"].to_list() == ["a", "b", "r"] and sweep["c"].to_list() == pytest.approx(
+        [2e-5, 3e-5, 1e-3]
+    )
 
 
 def test_read_scalars_merges_event_files_and_keeps_the_latest_value(tmp_path: Path) -> None:
@@ -130,11 +148,13 @@ def test_report_writes_figures_atomically_and_lists_what_it_skipped(tmp_path: Pa
 
 
 # ------------------------------------------------------------------------------ tiny real runs
-def tiny_curriculum_config(stages: dict[str, Any], tmp_path: Path, decay: float) -> Path:  # noqa: F811
-    """configs/tiger_curriculum.yaml shrunk to seconds on the stage-1 IDs, curriculum speed `decay`."""
+def tiny_curriculum_config(stages: dict[str, Any], tmp_path: Path, decay: float | None) -> Path:  # noqa: F811
+    """configs/tiger_curriculum.yaml shrunk to seconds on the stage-1 IDs, curriculum speed `decay`
+    (None: the shipped run-relative curriculum, half-way at half the planned steps)."""
     cfg = yaml.safe_load((ROOT / "configs/tiger_curriculum.yaml").read_text())
     cfg["model"]["init_args"]["network"]["init_args"] = dict(TINY_T5)
-    cfg["model"]["init_args"]["loss"]["init_args"]["decay"] = decay
+    if decay is not None:
+        cfg["model"]["init_args"]["loss"]["init_args"].update(decay=decay, decay_at=None)
     cfg["model"]["init_args"]["warmup_steps"] = 2
     cfg["data"]["init_args"].update(tiny_data_args(stages))
     limits = {"limit_train_batches": 8, "limit_val_batches": 1, "limit_test_batches": 2}
@@ -153,11 +173,11 @@ def tiny_curriculum_config(stages: dict[str, Any], tmp_path: Path, decay: float)
 
 @pytest.fixture(scope="module")
 def tiny_runs(stages: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:  # noqa: F811
-    """A UniGRec run and two curriculum runs (c = 0.05, 0.3), each fitted and tested in seconds."""
+    """A UniGRec run and two curriculum runs (c = 0.05, run-relative), each fitted and tested in seconds."""
     tmp = tmp_path_factory.mktemp("analysis")
     (tmp / "unigrec").mkdir()
     GenRecCLI(args=["fit", "--config", str(tiny_unigrec_config(stages, tmp / "unigrec"))])
-    for decay in (0.05, 0.3):
+    for decay in (0.05, None):
         GenRecCLI(args=["fit", "--config", str(tiny_curriculum_config(stages, tmp, decay))])
     sweep = sorted((tmp / "runs" / "sweep").glob("version_*"))
     assert len(sweep) == 2
@@ -200,20 +220,20 @@ def test_genrec_report_writes_every_figure_for_real_runs(
 ) -> None:
     out = tmp_path / "report"
     runs = [str(tiny_runs["unigrec"]), *map(str, tiny_runs["sweep"]), *map(str, tiny_runs["stage1"])]
-    main(["report", *runs, "--labels", "unigrec", "c0.05", "c0.3", "cu1e-2", "cu1e-3", "--ids",
+    main(["report", *runs, "--labels", "unigrec", "c0.05", "relative", "cu1e-2", "cu1e-3", "--ids",
           str(tiny_runs["ids_yaml"]), str(tiny_runs["ids_dir"]), "--output", str(out)])  # fmt: skip
     printed = capsys.readouterr().out
     names = sorted(p.name for p in out.iterdir())
     label = Path(tiny_runs["ids_yaml"]).stem
     for name in ("training_curves", "collision_rate", "head_tail", "popularity_deciles", "curriculum_sweep",
                  "uniformity_sweep",
-                 "objective_weights_c0.05", "objective_weights_c0.3", "identifier_evolution_unigrec",
+                 "objective_weights_c0.05", "objective_weights_relative", "identifier_evolution_unigrec",
                  "codebook_pca_unigrec", "code_usage_unigrec", f"code_usage_{label}",
                  f"codebook_pca_{label}", f"purity_gain_{label}", "filter_ratios"):  # fmt: skip
         assert f"{name}.png" in names, f"{name}.png missing; wrote {names}"
         nonblank_png(out / f"{name}.png")
     sweep = pl.read_csv(out / "curriculum_sweep.csv")
-    assert sweep["c"].to_list() == [0.05, 0.3]
+    assert sweep["c"].to_list() == pytest.approx([0.05, math.log(2) / 4])  # relative: 1/2 at step 4 of 8
     metrics = json.loads((tiny_runs["sweep"][0] / "test_metrics.json").read_text())["metrics"]
     assert sweep["test/ndcg@5"][0] == pytest.approx(metrics["test/ndcg@5"])
     # Figure 4: each stage-1 run's lambda_CU and the collision rate of the IDs it wrote

@@ -25,6 +25,9 @@ from genrec_lightning.analysis.runs import config_value, last_values, series
 from genrec_lightning.semantic_ids import SemanticIds, filter_ratios, usage_entropy
 
 DECAY_KEY = "model.init_args.loss.init_args.decay"
+#: Set when the curriculum is relative to the run: c is then resolved at train start and logged.
+DECAY_AT_KEY = "model.init_args.loss.init_args.decay_at"
+RESOLVED_DECAY_TAG = "curriculum/c"
 #: Where a stage-1 config keeps lambda_CU (UniGRec Figure 4's sweep axis).
 UNIFORMITY_KEY = "model.init_args.tokenizer.init_args.quantizer.init_args.uniformity_weight"
 
@@ -249,15 +252,27 @@ def plot_head_tail(runs: Mapping[str, Mapping[str, float]], k: int = 10, prefix:
     return fig
 
 
+def curriculum_rate(config: Mapping, scalars: pl.DataFrame | None = None) -> float | None:
+    """The run's curriculum speed c: the config's `decay`, or, for a run-relative curriculum
+    (`decay_at`), the c it resolved to and logged (None when neither is known)."""
+    if config_value(config, DECAY_AT_KEY) is not None:
+        logged = last_values(scalars, RESOLVED_DECAY_TAG) if scalars is not None else {}
+        return logged.get(RESOLVED_DECAY_TAG)
+    decay = config_value(config, DECAY_KEY)
+    return None if decay is None else float(decay)
+
+
 def curriculum_sweep(
-    runs: Mapping[str, tuple[Mapping, Mapping[str, float]]], metric: str = "test/ndcg@5"
+    runs: Mapping[str, tuple[Mapping, Mapping[str, float]]],
+    metric: str = "test/ndcg@5",
+    scalars: Mapping[str, pl.DataFrame] | None = None,
 ) -> pl.DataFrame:
-    """Figure 4's data: curriculum speed c (the loss's `decay`) and `metric` per run, sorted by c."""
+    """Figure 4's data: curriculum speed c (`curriculum_rate`) and `metric` per run, sorted by c."""
     rows = []
     for label, (config, metrics) in runs.items():
-        decay = config_value(config, DECAY_KEY)
+        decay = curriculum_rate(config, (scalars or {}).get(label))
         if decay is not None and metric in metrics:
-            rows.append({"run": label, "c": float(decay), metric: metrics[metric]})
+            rows.append({"run": label, "c": decay, metric: metrics[metric]})
     if not rows:
         raise ValueError(f"no run has both {DECAY_KEY} in its config.yaml and {metric} in its test metrics")
     return pl.DataFrame(rows).sort("c")
@@ -369,6 +384,7 @@ __all__ = [
     "change_patterns",
     "code_counts",
     "collision_tags",
+    "curriculum_rate",
     "curriculum_sweep",
     "evolution_from_scalars",
     "filter_ratio_table",

@@ -87,10 +87,10 @@ def report_runs(report: Report, run_dirs: Sequence[Path], labels: Sequence[str],
         report.table("test_metrics", pl.DataFrame([{"run": label, **m} for label, m in tested.items()]))
     else:
         report.skipped.append("test figures: no run has test_metrics.json (run `genrec test`)")
-    decays = {config_value(c, F.DECAY_KEY) for c in configs.values()} - {None}
+    decays = {F.curriculum_rate(configs[label], scalars[label]) for label in labels} - {None}
     if len(decays) > 1:
         runs = {label: (configs[label], metrics[label]) for label in labels}
-        sweep = F.curriculum_sweep(runs)
+        sweep = F.curriculum_sweep(runs, scalars=scalars)
         report.table("curriculum_sweep", sweep)
         report.add("curriculum_sweep", lambda: F.plot_curriculum_sweep(sweep))
     weights = {config_value(c, F.UNIFORMITY_KEY) for c in configs.values()} - {None}
