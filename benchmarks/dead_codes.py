@@ -35,8 +35,7 @@ class Variant:
 
 BASES = (
     Variant("RQ-VAE 3x256", "configs/rqvae.yaml"),
-    Variant("RQ-VAE 4x256 (reassign_last)", "configs/rqvae.yaml", {"num_levels": 4},
-            {"dedup": "reassign_last"}),
+    Variant("RQ-VAE 4x256 (reassign_last)", "configs/tokenizers/rqvae_4x256.yaml"),
     Variant("soft RQ-VAE 3x256 (UniGRec stage 1)", "configs/unigrec_pretrain.yaml"),
     Variant("PQ-VAE 4x256", "configs/tokenizers/pqvae.yaml"),
 )  # fmt: skip

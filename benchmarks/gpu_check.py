@@ -334,7 +334,7 @@ def tiger_step(ctx: Context) -> Step:
     if not ctx.dry_run:
         notes.append(
             "on a fresh cache this includes encoding the item texts and training the "
-            "RQ-VAE IDs of configs/rqvae.yaml on the GPU"
+            "RQ-VAE IDs of configs/tokenizers/rqvae_4x256.yaml (the paper's layout) on the GPU"
         )
     return Step(
         "tiger-bf16",
