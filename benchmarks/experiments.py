@@ -2,8 +2,10 @@
 
 Every row is a name and one or more configs layered in order (a shared preset can be appended to
 all rows). Each (row, seed) trains in its own log directory, `<runs>/<row>/seed<S>/`, and leaves a
-`result.json` (test metrics, wall time, command); finished runs are skipped, so an interrupted
-sweep resumes where it stopped and rows can be added later. The report is Markdown: the main table
+`result.json` (test metrics, wall time, command); finished runs are skipped, and a run that was
+stopped part-way (killed, preempted, the end of a session) continues from its `last.ckpt` with
+the same command (the run layer's exact resume), so an interrupted sweep resumes where it
+stopped and rows can be added later. The report is Markdown: the main table
 (Hit/NDCG@5/10 = the token-weighting paper's Tables 3-5), head/tail (Figure 3) and prefix match
 (Table 6), each mean ± sample standard deviation over the seeds that finished. Text below the
 line `<!-- notes: ... -->` of an existing report survives a rewrite, so analysis can live there.
@@ -142,27 +144,33 @@ def run_one(
     if result_file.is_file():
         write_test_users(directory, threads)
         return json.loads(result_file.read_text())
-    if directory.exists():  # an unfinished earlier attempt: start it again from scratch
-        shutil.rmtree(directory)
-    directory.mkdir(parents=True)
     cmd = fit_command(row, seed, runs, preset, extra)
+    last = directory / "checkpoints" / "last.ckpt"
+    resumed = last.is_file()
+    if resumed:  # stopped part-way: continue that run exactly where its last checkpoint is
+        cmd += ["--ckpt_path", str(last)]
+    elif directory.exists():  # an attempt that never reached a checkpoint: start again
+        shutil.rmtree(directory)
+    directory.mkdir(parents=True, exist_ok=True)
     env = thread_env(threads)
     print(f"[{row.name} seed {seed}] {' '.join(cmd)}", flush=True)
     start = time.perf_counter()
-    with open(directory / "fit.log", "w") as log:
+    with open(directory / "fit.log", "a" if resumed else "w") as log:
         proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, check=False)
     wall = time.perf_counter() - start
     metrics_file = directory / "test_metrics.json"
     if proc.returncode != 0 or not metrics_file.is_file():
         log_file = directory / "fit.log"
-        raise RuntimeError(f"{row.name} seed {seed} failed (exit {proc.returncode}); see {log_file}")
+        fix = f"; to start it over, delete {directory}" if resumed else ""
+        raise RuntimeError(f"{row.name} seed {seed} failed (exit {proc.returncode}); see {log_file}{fix}")
     record = {
         "row": row.name,
         "configs": list(row.configs) + list(preset),
         "seed": seed,
-        "wall_s": round(wall, 1),
+        "wall_s": round(wall, 1),  # of the last attempt only when resumed
+        "resumed": resumed,
         "threads": threads,
-        "command": " ".join(["genrec", *cmd[1:]]),
+        "command": " ".join(["genrec", *fit_command(row, seed, runs, preset, extra)[1:]]),
         "metrics": json.loads(metrics_file.read_text())["metrics"],
     }
     result_file.write_text(json.dumps(record, indent=2) + "\n")

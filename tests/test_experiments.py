@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import statistics
+import subprocess
 import sys
 from pathlib import Path
 
@@ -78,6 +79,46 @@ def test_finished_runs_are_skipped_and_notes_survive(tmp_path: Path, monkeypatch
     )
     text = report.read_text()
     assert "old tables" not in text and text.rstrip().endswith("my analysis") and "| TIGER |" in text
+
+
+def test_a_stopped_run_continues_from_its_last_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run directory with checkpoints/last.ckpt and no result.json is resumed with the same
+    command plus --ckpt_path (nothing deleted); one without a checkpoint starts over."""
+    runs = tmp_path / "runs"
+    config = tmp_path / "tiger.yaml"
+    config.write_text("seed_everything: 1\n")
+    row = experiments.parse_row(f"TIGER={config}")
+    stopped = experiments.run_dir(runs, row, 0)
+    (stopped / "checkpoints").mkdir(parents=True)
+    (stopped / "checkpoints" / "last.ckpt").write_bytes(b"weights")
+    (stopped / "fit.log").write_text("epoch 1 of the first attempt\n")
+    fresh = experiments.run_dir(runs, row, 1)
+    fresh.mkdir(parents=True)
+    (fresh / "fit.log").write_text("crashed before any checkpoint\n")
+    calls: list[list[str]] = []
+
+    def fake_fit(cmd: list[str], **kwargs: object) -> subprocess.CompletedProcess:
+        calls.append(cmd)
+        directory = Path(cmd[cmd.index("--trainer.logger.init_args.save_dir") + 1]) / "TIGER"
+        seed = cmd[cmd.index("--seed_everything") + 1]
+        metrics = {"metrics": {"test/ndcg@10": 0.05, "test/recall@10": 0.1}}
+        (directory / f"seed{seed}" / "test_metrics.json").write_text(json.dumps(metrics))
+        return subprocess.CompletedProcess(cmd, 0)
+
+    monkeypatch.setattr(experiments.subprocess, "run", fake_fit)
+    experiments.main(["--row", f"TIGER={config}", "--seeds", "0", "1", "--runs", str(runs)])
+    resumed, restarted = sorted(calls, key=lambda c: c[c.index("--seed_everything") + 1])
+    assert resumed[-2:] == ["--ckpt_path", str(stopped / "checkpoints" / "last.ckpt")]
+    assert resumed[:-2] == experiments.fit_command(row, 0, runs, [], [])  # the same run, continued
+    assert restarted == experiments.fit_command(row, 1, runs, [], [])
+    assert (stopped / "checkpoints" / "last.ckpt").read_bytes() == b"weights"  # kept, not deleted
+    assert (stopped / "fit.log").read_text().startswith("epoch 1 of the first attempt")  # appended to
+    assert "crashed" not in (fresh / "fit.log").read_text()  # started over
+    first = json.loads((stopped / "result.json").read_text())
+    assert first["resumed"] is True and "--ckpt_path" not in first["command"]
+    assert json.loads((fresh / "result.json").read_text())["resumed"] is False
 
 
 def fake_users(runs: Path, row: str, seed: int, ndcg10: np.ndarray, groups: np.ndarray) -> dict:
