@@ -95,7 +95,7 @@ def test_popularity_bins_and_curriculum_sweep_read_metrics_and_configs() -> None
             "step": [0, 50, 50],
             "value": [1e-3, 1e-3, 0.9],
             "wall_time": [0.0, 1.0, 1.0],
-        }  # fmt: skip
+        }
     )
     assert F.curriculum_rate(relative, logged) == pytest.approx(1e-3)
     assert F.curriculum_rate(relative) is None and F.curriculum_rate(config) == 2e-5

@@ -176,5 +176,6 @@ def test_token_weighting_rows_share_the_papers_ids() -> None:
         yaml.safe_load((ROOT / "configs" / n).read_text()) for n in ("tiger.yaml", "baselines/tiger.yaml")
     )
     for c in (tiger, paper):
-        c["data"]["init_args"].pop("tokenizer"), c["trainer"]["logger"]["init_args"].pop("name")
+        c["data"]["init_args"].pop("tokenizer")
+        c["trainer"]["logger"]["init_args"].pop("name")
     assert tiger == paper
