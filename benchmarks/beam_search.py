@@ -26,6 +26,7 @@ from genrec_lightning.data.datamodules import MovieLensDataModule
 from genrec_lightning.generation import beam_search
 from genrec_lightning.modules.recommender import GenerativeRecommender
 from genrec_lightning.networks.t5 import T5Recommender
+from genrec_lightning.pipeline import attach_upstream
 
 
 def interleaved(fns: dict[str, object], rounds: int, every: dict[str, int], device: torch.device) -> dict:
@@ -79,7 +80,9 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
 
-    data = MovieLensDataModule(variant="100k", text_fields=["title", "genres"], tokenizer=args.tokenizer)
+    data = attach_upstream(
+        MovieLensDataModule(variant="100k", text_fields=["title", "genres"], semantic_ids_from=args.tokenizer)
+    )
     ids = data.semantic_ids
     size = {}
     if args.preset:

@@ -326,7 +326,7 @@ def tiger_step(ctx: Context) -> Step:
     steps = 2 if ctx.dry_run else 300
     command = fit_command(ctx, "tiger_curriculum.yaml", "tiger_bf16", steps=steps)
     if ctx.dry_run:
-        command += ["--data.init_args.tokenizer", str(ctx.ids)]
+        command += ["--data.init_args.semantic_ids_from", str(ctx.ids)]
     notes = [
         f"{steps} optimiser steps, warm-up {max(1, steps // 10)}, one validation at the last step, "
         "then the test of the best checkpoint"
@@ -353,7 +353,8 @@ def unigrec_step(ctx: Context) -> Step:
     steps = 2 if ctx.dry_run else 50
     pretrain, teacher = short_stage_configs(ctx)
     command = fit_command(ctx, "unigrec.yaml", "unigrec_bf16", steps=steps)
-    command += ["--data.init_args.tokenizer", str(pretrain), "--data.init_args.teacher", str(teacher),
+    command += ["--data.init_args.semantic_ids_from", str(pretrain),
+                "--data.init_args.teacher_from", str(teacher),
                 "--trainer.limit_val_batches", "1", "--trainer.limit_test_batches", "1"]  # fmt: skip
     what = (
         "tiny networks, a few batches"
@@ -823,7 +824,7 @@ def prepare_dry_run(ctx: Context) -> None:
     preset["data"] = {
         "init_args": {
             "cache_dir": str(ctx.cache_dir),
-            "tokenizer": str(ids),
+            "semantic_ids_from": str(ids),
             "encoder": {"class_path": "gpu_check.DryRunEncoder"},
         }
     }

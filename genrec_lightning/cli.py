@@ -53,6 +53,7 @@ from genrec_lightning.checkpoints import (
 from genrec_lightning.data.datamodules import ItemEmbeddingDataModule, SequenceDataModule
 from genrec_lightning.errors import ConfigError, GenRecError, RunError, user_errors_unwrapped
 from genrec_lightning.modules.base import DATA_KEY
+from genrec_lightning.pipeline import attach_upstream, prepare_tokenizer_run
 
 #: Sizes that flow from the datamodule to the model after instantiation (`link_arguments`).
 #: jsonargparse applies a link only when the chosen datamodule has the attribute and the chosen
@@ -114,8 +115,9 @@ class GenRecCLI(LightningCLI):
 
     def _add_instantiators(self) -> None:
         super()._add_instantiators()
-        # Check a given checkpoint against the datamodule the moment it exists: the size links
-        # that follow read `codebook_sizes`, which may train a tokenizer for the configured data.
+        # Check a given checkpoint against the datamodule the moment it exists, then let the
+        # pipeline build or load what the data declares (semantic IDs, a teacher): this may train
+        # a tokenizer, so it runs after the check and before the size links read the data.
         build = _InstantiatorFn(cli=self, key="data")
 
         def instantiate_data(
@@ -125,7 +127,7 @@ class GenRecCLI(LightningCLI):
                 class_type, *args, applied_instantiation_links=applied_instantiation_links, **kwargs
             )
             self._check_checkpoint_data(datamodule)
-            return datamodule
+            return attach_upstream(datamodule)
 
         self.parser.add_instantiator(instantiate_data, LightningDataModule, subclasses=True, prepend=True)
 
@@ -258,15 +260,10 @@ class GenRecCLI(LightningCLI):
     def before_fit(self) -> None:
         # A tokenizer run from a config writes its IDs to the data cache entry of that config, the
         # one a recommender naming the same config looks up (see genrec_lightning.stages).
-        from genrec_lightning.modules.tokenizer import TOKENIZER_CONFIG_KEY, TokenizerModule
-        from genrec_lightning.stages import plain_config, tokenizer_key
+        from genrec_lightning.modules.tokenizer import TokenizerModule
 
         if isinstance(self.model, TokenizerModule) and isinstance(self.datamodule, ItemEmbeddingDataModule):
-            data = self.datamodule.data
-            self.model.artifact_dir = data.semantic_ids_dir(tokenizer_key(self.config.fit, data))
-            spec = plain_config(self.config.fit.model)
-            spec.setdefault("init_args", {})["embedding_dim"] = self.model.hparams.embedding_dim
-            self.model.artifact_meta[TOKENIZER_CONFIG_KEY] = spec
+            prepare_tokenizer_run(self.model, self.config.fit, self.datamodule.data)
 
     def after_fit(self) -> None:
         # The headline run goes from data to test metrics in one command: test the checkpoint
@@ -292,7 +289,7 @@ class GenRecCLI(LightningCLI):
         """A fitted SASRec (any ID model with item vectors) is also a UniGRec teacher: write its
         best item table to the data cache entry that a `teacher:` naming the same YAML reads."""
         from genrec_lightning.modules.baselines import SequentialRecommender
-        from genrec_lightning.stages import export_teacher, teacher_key
+        from genrec_lightning.pipeline import export_teacher, teacher_key
 
         data = self.datamodule
         network = getattr(self.model, "network", None)
@@ -334,7 +331,7 @@ class GenRecCLI(LightningCLI):
 #: Data options that name input files (stage configs, artifacts). Relative ones are looked up in
 #: the working directory, then next to each --config file and its parent directories, so
 #: `genrec fit --config /path/to/repo/configs/tiger.yaml` works from any directory.
-INPUT_PATH_KEYS = ("tokenizer", "teacher")
+INPUT_PATH_KEYS = ("semantic_ids_from", "teacher_from", "tokenizer", "teacher")
 
 
 def _config_paths(args: Sequence[str]) -> list[str]:
@@ -359,7 +356,7 @@ def _leaves(namespace: Namespace) -> list[tuple[Namespace, str, Any]]:
 
 
 def resolve_input_paths(data: Any, config_files: Sequence[Path]) -> None:
-    """Make relative `tokenizer`/`teacher` paths absolute, or fail before anything is created."""
+    """Make relative `semantic_ids_from`/`teacher_from` paths absolute, or fail before anything is created."""
     if not isinstance(data, Namespace):
         return
     for owner, key, value in _leaves(data):
@@ -542,8 +539,8 @@ def data_command(command: str, args: list[str]) -> None:
 def tokenize_command(args: list[str]) -> None:
     """`tokenize`: build (or reuse from the cache) a tokenizer config's semantic IDs; print statistics."""
     from genrec_lightning.modules.tokenizer import format_id_stats
+    from genrec_lightning.pipeline import semantic_ids_dir
     from genrec_lightning.semantic_ids import SemanticIds
-    from genrec_lightning.stages import semantic_ids_dir
 
     parser = _data_parser(
         "genrec tokenize",

@@ -148,7 +148,7 @@ def test_token_loss_configs_change_only_the_loss(name: str) -> None:
     for c in (cfg, base):
         c["trainer"]["logger"]["init_args"].pop("name")
         c["trainer"].pop("callbacks")
-        tokenizer = c["data"]["init_args"].pop("tokenizer")
+        tokenizer = c["data"]["init_args"].pop("semantic_ids_from")
         assert tokenizer == ("configs/tokenizers/pqkmeans.yaml" if c is cfg and "pq_" in name else PAPER_IDS)
     assert cfg == base
 
@@ -159,7 +159,8 @@ def test_token_weighting_rows_share_the_papers_ids() -> None:
     and the two TIGER rows differ only in their IDs."""
     rows = ["baselines/tiger.yaml", *(n for n in TOKEN_LOSS_CONFIGS if "pq_" not in n)]
     named = {
-        yaml.safe_load((ROOT / "configs" / n).read_text())["data"]["init_args"]["tokenizer"] for n in rows
+        yaml.safe_load((ROOT / "configs" / n).read_text())["data"]["init_args"]["semantic_ids_from"]
+        for n in rows
     }
     assert named == {PAPER_IDS}
     ids = yaml.safe_load((ROOT / PAPER_IDS).read_text())["model"]["init_args"]
@@ -176,6 +177,6 @@ def test_token_weighting_rows_share_the_papers_ids() -> None:
         yaml.safe_load((ROOT / "configs" / n).read_text()) for n in ("tiger.yaml", "baselines/tiger.yaml")
     )
     for c in (tiger, paper):
-        c["data"]["init_args"].pop("tokenizer")
+        c["data"]["init_args"].pop("semantic_ids_from")
         c["trainer"]["logger"]["init_args"].pop("name")
     assert tiger == paper

@@ -17,7 +17,8 @@ from genrec_lightning.artifacts import config_hash
 from genrec_lightning.cli import GenRecCLI
 from genrec_lightning.errors import ConfigError
 from genrec_lightning.modules.tokenizer import TokenizerModule, usage_warnings
-from genrec_lightning.stages import _parse_stage, _stage_key, plain_config, tokenizer_parser
+from genrec_lightning.pipeline.keys import _stage_key, plain_config
+from genrec_lightning.pipeline.stages import parse_stage, tokenizer_parser
 from genrec_lightning.tokenizers.quantizers import (
     ProductQuantizer,
     Quantizer,
@@ -194,9 +195,9 @@ def test_the_off_setting_keeps_the_cache_key_of_ids_built_before_restarts_existe
     keys = []
     for extra in ({}, {"dead_code_threshold": 0}, {"dead_code_threshold": 1}):
         config = write_config(tmp_path, tiny_config(tmp_path, **extra), name=f"k{len(keys)}.yaml")
-        keys.append(_stage_key(_parse_stage(tokenizer_parser(), config, "tokenizer"), ("embedding_dim",), {}))
+        keys.append(_stage_key(parse_stage(tokenizer_parser(), config, "tokenizer"), ("embedding_dim",), {}))
     assert keys[0] == keys[1] != keys[2]
-    parsed = _parse_stage(tokenizer_parser(), config, "tokenizer")
+    parsed = parse_stage(tokenizer_parser(), config, "tokenizer")
     model = plain_config(parsed.model)
     model["init_args"]["tokenizer"]["init_args"]["quantizer"]["init_args"].pop("dead_code_threshold")
     assert config_hash({"model": model}) != config_hash({"model": plain_config(parsed.model)})  # it was there

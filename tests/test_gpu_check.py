@@ -18,7 +18,7 @@ import torch
 import yaml
 
 from genrec_lightning.cli import GenRecCLI
-from genrec_lightning.stages import teacher_parser, tokenizer_parser
+from genrec_lightning.pipeline import teacher_parser, tokenizer_parser
 
 ROOT = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "benchmarks" / "gpu_check.py")

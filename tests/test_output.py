@@ -124,7 +124,7 @@ from torch.utils._pytree import LeafSpec
 from genrec_lightning.cli import main
 
 main(["--version"])
-logging.getLogger("genrec_lightning.stages").info("our progress line")
+logging.getLogger("genrec_lightning.pipeline.tokenize").info("our progress line")
 logging.getLogger("genrec_lightning.data").warning("our warning line")
 logging.getLogger("faiss.loader").info("Could not load library with AVX2 support due to: ...")
 logging.getLogger("faiss.loader").error("a faiss error line")

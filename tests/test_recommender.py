@@ -21,6 +21,7 @@ from genrec_lightning.losses import token_cross_entropy
 from genrec_lightning.modules.base import DATA_KEY
 from genrec_lightning.modules.recommender import GenerativeRecommender
 from genrec_lightning.networks.t5 import T5Recommender
+from genrec_lightning.pipeline import attach_upstream
 from genrec_lightning.semantic_ids import PAD, ArtifactMismatchError, SemanticIds
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,7 +49,10 @@ def data(ml100k_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[s
 
 
 def datamodule(data: dict[str, Any], ids: str = "ids") -> MovieLensDataModule:
-    return MovieLensDataModule(cache_dir=str(data["cache"]), encoder=HashEncoder(), tokenizer=str(data[ids]))
+    dm = MovieLensDataModule(
+        cache_dir=str(data["cache"]), encoder=HashEncoder(), semantic_ids_from=str(data[ids])
+    )
+    return attach_upstream(dm)
 
 
 def tiny_model(dm: MovieLensDataModule, **kwargs: Any) -> GenerativeRecommender:
@@ -148,7 +152,7 @@ def test_encoder_inputs_pad_mask_user_token_and_truncation(
 
 def test_bad_ids_and_checkpoints_fail_clearly(data: dict[str, Any]) -> None:
     dm = datamodule(data)
-    with pytest.raises(ValueError, match="tokenizer"):
+    with pytest.raises(ValueError, match="semantic_ids_from"):
         GenerativeRecommender(None, dm.num_items)
     model = tiny_model(dm)
     wrong = SemanticIds.from_codes(torch.zeros(dm.num_items, 3, dtype=torch.long), 4)
@@ -174,7 +178,9 @@ def tiny_experiment(tmp_path: Path, data: dict[str, Any], ids: str = "ids") -> P
     cfg["model"]["init_args"]["network"]["init_args"] = dict(TINY_T5)
     cfg["model"]["init_args"]["warmup_steps"] = 2
     init = cfg["data"]["init_args"]
-    init.update(cache_dir=str(data["cache"]), tokenizer=str(data[ids]), batch_size=64, eval_batch_size=128)
+    init.update(
+        cache_dir=str(data["cache"]), semantic_ids_from=str(data[ids]), batch_size=64, eval_batch_size=128
+    )
     init["encoder"] = {"class_path": "conftest.HashEncoder"}
     trainer = cfg["trainer"]
     trainer.update(max_steps=6, max_epochs=1, limit_train_batches=6, limit_val_batches=2,

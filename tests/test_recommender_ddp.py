@@ -99,7 +99,7 @@ def test_ddp_fit_from_an_empty_cache_builds_once_tests_exactly_and_resumes_on_on
     cfg = yaml.safe_load(config.read_text())
     cfg["data"]["init_args"].update(
         cache_dir=str(tmp_path / "cache"),  # empty: data, embeddings and IDs are all built here
-        tokenizer=str(tokenizer),
+        semantic_ids_from=str(tokenizer),
         encoder={"class_path": "conftest.HashEncoder", "init_args": {"dim": 8}},
         eval_batch_size=100,
     )

@@ -21,7 +21,7 @@ from test_semantic_ids import random_raw
 from test_tokenizer_stage import data_of, tiny_config, write_config
 
 import genrec_lightning.data.datamodules as datamodules
-import genrec_lightning.stages as stages
+import genrec_lightning.pipeline as stages
 from genrec_lightning.artifacts import META_FILE, atomic_dir, read_meta, write_json_atomic
 from genrec_lightning.data.datamodules import (
     AmazonDataModule,
@@ -31,8 +31,8 @@ from genrec_lightning.data.datamodules import (
 from genrec_lightning.data.embeddings import SentenceTransformerEncoder
 from genrec_lightning.data.readers import MalformedDataError
 from genrec_lightning.errors import ConfigError, CorruptedArtifactError
+from genrec_lightning.pipeline import TEACHER_FILE, load_teacher, teacher_expectation
 from genrec_lightning.semantic_ids import CODES_FILE, ArtifactMismatchError, SemanticIds
-from genrec_lightning.stages import TEACHER_FILE, load_teacher, teacher_expectation
 from genrec_lightning.tokenizers import (
     RQVAE,
     PQKMeans,
@@ -266,7 +266,7 @@ def test_teacher_of_another_dataset_is_kept_and_the_config_pointed_elsewhere(
     message = str(err.value)
     assert "built for another dataset/split" in message and "delete" not in message
     assert message.endswith(
-        "point `teacher` at this dataset's teacher artifact, or at the teacher YAML "
+        "point `teacher_from` at this dataset's teacher artifact, or at the teacher YAML "
         "(e.g. configs/sasrec.yaml), which trains this dataset's own entry"
     )
     write_json_atomic(directory / META_FILE, teacher_expectation(toys))

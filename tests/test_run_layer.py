@@ -191,7 +191,7 @@ def unbuilt_tokenizer(tmp_path: Path, config: Path) -> tuple[Path, Path]:
 
     tokenizer = write_config(tmp_path, tiny_config(tmp_path, "configs/rqvae.yaml"))
     cfg = yaml.safe_load(config.read_text())
-    cfg["data"]["init_args"]["tokenizer"] = str(tokenizer)
+    cfg["data"]["init_args"]["semantic_ids_from"] = str(tokenizer)
     out = tmp_path / "unbuilt.yaml"
     out.write_text(yaml.safe_dump(cfg))
     return out, tmp_path / "runs"
@@ -282,7 +282,7 @@ def test_a_corrupted_artifact_found_while_linking_sizes_is_one_line(
     shutil.copytree(data["ids"], broken)
     (broken / "meta.json").write_text("{truncated")
     config = experiment(tmp_path, data)
-    done = genrec("fit", "--config", str(config), "--data.init_args.tokenizer", str(broken))
+    done = genrec("fit", "--config", str(config), "--data.init_args.semantic_ids_from", str(broken))
     assert done.returncode == 1
     assert f"genrec: error: {broken / 'meta.json'} is not valid JSON" in done.stderr
     assert "Traceback" not in done.stderr and "Union" not in done.stderr
@@ -358,16 +358,17 @@ def test_relative_config_paths_resolve_from_another_directory(tmp_path: Path, ca
     cwd = Path.cwd()
     os.chdir(work)
     try:
-        data = Namespace(class_path="x", init_args=Namespace(tokenizer="configs/rqvae.yaml", teacher=None))
+        init_args = Namespace(semantic_ids_from="configs/rqvae.yaml", teacher_from=None)
+        data = Namespace(class_path="x", init_args=init_args)
         resolve_input_paths(data, [ROOT / "configs" / "tiger.yaml"])
-        assert data.init_args.tokenizer == str(ROOT / "configs" / "rqvae.yaml")
+        assert data.init_args.semantic_ids_from == str(ROOT / "configs" / "rqvae.yaml")
         bad = yaml.safe_load((ROOT / "configs/tiger.yaml").read_text())
-        bad["data"]["init_args"]["tokenizer"] = "configs/missing.yaml"
+        bad["data"]["init_args"]["semantic_ids_from"] = "configs/missing.yaml"
         (work / "bad.yaml").write_text(yaml.safe_dump(bad))
         with pytest.raises(SystemExit) as done:
             main(["fit", "--config", str(work / "bad.yaml")])
         assert done.value.code == 1
-        assert "tokenizer: configs/missing.yaml does not exist" in capsys.readouterr().err
+        assert "semantic_ids_from: configs/missing.yaml does not exist" in capsys.readouterr().err
         assert sorted(p.name for p in work.iterdir()) == ["bad.yaml"]  # no data/ nor runs/
     finally:
         os.chdir(cwd)
@@ -387,7 +388,8 @@ def test_ddp_fit_exits_cleanly_ten_times_in_a_row(tmp_path: Path, data: dict[str
         config = tiny_experiment(run, data)
         cfg = yaml.safe_load(config.read_text())
         encoder = {"class_path": "conftest.HashEncoder", "init_args": {"dim": 8}}
-        cfg["data"]["init_args"].update(cache_dir=str(run / "cache"), tokenizer=str(write_config(run, tok)),
+        cfg["data"]["init_args"].update(cache_dir=str(run / "cache"),
+                                        semantic_ids_from=str(write_config(run, tok)),
                                         encoder=encoder, eval_batch_size=100)  # fmt: skip
         cfg["trainer"].update(max_steps=4, limit_train_batches=4, limit_test_batches=1.0)
         config.write_text(yaml.safe_dump(cfg))

@@ -19,8 +19,8 @@ from genrec_lightning.callbacks import TemperatureAnnealing, anneal
 from genrec_lightning.cli import GenRecCLI, main
 from genrec_lightning.data.datamodules import ItemEmbeddingDataModule, MovieLensDataModule
 from genrec_lightning.modules.tokenizer import TokenizerModule
+from genrec_lightning.pipeline import attach_upstream, build_semantic_ids, semantic_ids_dir
 from genrec_lightning.semantic_ids import ArtifactMismatchError, SemanticIds, collision_rate
-from genrec_lightning.stages import build_semantic_ids, semantic_ids_dir
 from genrec_lightning.tokenizers import RQKMeans
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -188,8 +188,10 @@ def test_auto_build_once_and_rng_untouched(tmp_path: Path, monkeypatch: pytest.M
     init = cfg["data"]["init_args"]["data"]["init_args"]
 
     def recommender_data() -> MovieLensDataModule:
-        return MovieLensDataModule(
-            cache_dir=init["cache_dir"], encoder=HashEncoder(dim=8), tokenizer=str(path)
+        return attach_upstream(
+            MovieLensDataModule(
+                cache_dir=init["cache_dir"], encoder=HashEncoder(dim=8), semantic_ids_from=str(path)
+            )
         )
 
     torch.manual_seed(7)
@@ -228,12 +230,14 @@ def test_artifact_from_another_dataset_is_refused(tmp_path: Path) -> None:
         cache_dir=init["cache_dir"],
         encoder=HashEncoder(dim=8),
         min_item_interactions=10,
-        tokenizer=str(directory),
+        semantic_ids_from=str(directory),
     )
     with pytest.raises(ArtifactMismatchError, match="data_hash|num_items"):
-        _ = other.semantic_ids
+        attach_upstream(other)
     with pytest.raises(FileNotFoundError, match="neither a semantic-ID artifact directory nor"):
-        _ = MovieLensDataModule(cache_dir=init["cache_dir"], tokenizer=str(tmp_path / "nope")).semantic_ids
+        attach_upstream(
+            MovieLensDataModule(cache_dir=init["cache_dir"], semantic_ids_from=str(tmp_path / "nope"))
+        )
 
 
 def test_nan_embeddings_stop_the_tokenizer_before_training(tmp_path: Path) -> None:

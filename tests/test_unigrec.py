@@ -17,8 +17,8 @@ from genrec_lightning.cli import GenRecCLI
 from genrec_lightning.data.datamodules import MovieLensDataModule
 from genrec_lightning.losses.distillation import info_nce, masked_mean, symmetric_info_nce, symmetric_kl
 from genrec_lightning.modules.unigrec import UniGRecModule
+from genrec_lightning.pipeline import attach_upstream, load_teacher, teacher_dir
 from genrec_lightning.semantic_ids import ArtifactMismatchError
-from genrec_lightning.stages import load_teacher, teacher_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -108,11 +108,12 @@ def stages(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     dm = MovieLensDataModule(
         cache_dir=str(tmp / "cache"),
         encoder=HashEncoder(dim=8),
-        tokenizer=str(paths["pretrain"]),
-        teacher=str(paths["teacher"]),
+        semantic_ids_from=str(paths["pretrain"]),
+        teacher_from=str(paths["teacher"]),
         batch_size=16,
         eval_batch_size=64,
     )
+    attach_upstream(dm)
     dm.prepare_data()
     dm.setup("fit")
     return {"tmp": tmp, "paths": paths, "dm": dm}
@@ -304,7 +305,7 @@ def tiny_data_args(stages: dict[str, Any]) -> dict[str, Any]:
     return {
         "cache_dir": str(stages["tmp"] / "cache"),
         "encoder": {"class_path": "conftest.HashEncoder", "init_args": {"dim": 8}},
-        "tokenizer": str(stages["paths"]["pretrain"]),
+        "semantic_ids_from": str(stages["paths"]["pretrain"]),
         "batch_size": 32,
         "eval_batch_size": 128,
     }
@@ -317,7 +318,7 @@ def tiny_unigrec_config(stages: dict[str, Any], tmp_path: Path, **model_args: An
     net = cfg["model"]["init_args"]["network"]["init_args"]
     net.update(d_model=16, d_ff=32, d_kv=8, num_heads=2, num_encoder_layers=1, num_decoder_layers=1)
     cfg["model"]["init_args"].update(beam_size=20, warmup_steps=2, assignment_temperature=1.0, **model_args)
-    cfg["data"]["init_args"].update(tiny_data_args(stages), teacher=str(stages["paths"]["teacher"]))
+    cfg["data"]["init_args"].update(tiny_data_args(stages), teacher_from=str(stages["paths"]["teacher"]))
     limits = {"limit_train_batches": 4, "limit_val_batches": 2, "limit_test_batches": 2}
     cfg["trainer"].update(max_epochs=2, check_val_every_n_epoch=1, log_every_n_steps=1, **limits)
     cfg["trainer"]["enable_progress_bar"] = False

@@ -125,7 +125,7 @@ def report_runs(report: Report, run_dirs: Sequence[Path], labels: Sequence[str],
 def load_ids(source: str) -> tuple[SemanticIds, torch.Tensor | None, Path]:
     """IDs, item frequencies (None if unknown) and artifact dir of a tokenizer YAML or an artifact dir."""
     from genrec_lightning.cli import _config_section, _data_parser, _sequence_data
-    from genrec_lightning.stages import semantic_ids_dir
+    from genrec_lightning.pipeline import semantic_ids_dir
 
     path = Path(source)
     if path.is_dir():

@@ -1,17 +1,23 @@
 """LightningDataModules: one per dataset for the recommender stage, one wrapper for the tokenizer stage.
 
-`SequenceDataModule` owns the pipeline from raw files to tensors; a subclass only says which
-reader to use. Artifacts are cached under `cache_dir/<dataset>/<config hash>/` and built once,
-under a file lock, by whichever process needs them first (global rank 0 in `prepare_data`, or
-any process that reads a size property for `link_arguments` before that); the others wait and
-load the finished files. A complete artifact is found without the lock, so a read-only cache
-(shared, or on a read-only mount) serves every run that needs nothing new.
+`SequenceDataModule` owns the way from raw files to tensors; a subclass only says which
+reader to use. Data never trains anything: a datamodule declares where its items' semantic IDs
+and teacher come from (`semantic_ids_from`, `teacher_from`) and reads them once
+`genrec_lightning.pipeline.attach_upstream` has built or loaded them (`genrec` does this right
+after the datamodule is created).
+
+Artifacts are cached under `cache_dir/<dataset>/<config hash>/` and built once, under a file
+lock, by whichever process needs them first (global rank 0 in `prepare_data`, or any process
+that reads a size property for `link_arguments` before that); the others wait and load the
+finished files. A complete artifact is found without the lock, so a read-only cache (shared, or
+on a read-only mount) serves every run that needs nothing new.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import warnings
 from abc import ABC, abstractmethod
 from functools import cached_property
 from pathlib import Path
@@ -51,7 +57,8 @@ from genrec_lightning.data.readers import (
     Yelp,
     build_item_text,
 )
-from genrec_lightning.errors import ConfigError
+from genrec_lightning.data.upstream import Upstream
+from genrec_lightning.errors import ConfigError, RunError
 from genrec_lightning.semantic_ids import SemanticIds
 
 log = logging.getLogger(__name__)
@@ -126,6 +133,18 @@ def training_loader(
     )
 
 
+def _renamed(owner: str, old: str, old_value: str | None, new: str, value: str | None) -> str | None:
+    """Accept an option under its former name (the saved config of an older run), with a warning."""
+    if old_value is None:
+        return value
+    if value is not None and value != old_value:
+        raise ConfigError(f"{owner}: both {old} and {new} are set; keep only {new}")
+    warnings.warn(
+        f"{owner}: `{old}` is now called `{new}`; rename it in your config", FutureWarning, stacklevel=3
+    )
+    return old_value
+
+
 class SequenceDataModule(L.LightningDataModule, ABC):
     """Leave-one-out (history, target) samples of one dataset, with item texts and embeddings."""
 
@@ -141,6 +160,8 @@ class SequenceDataModule(L.LightningDataModule, ABC):
         batch_size: int = 256,
         eval_batch_size: int = 512,
         num_workers: int = 0,
+        semantic_ids_from: str | None = None,
+        teacher_from: str | None = None,
         tokenizer: str | None = None,
         teacher: str | None = None,
     ) -> None:
@@ -158,13 +179,16 @@ class SequenceDataModule(L.LightningDataModule, ABC):
             eval_batch_size: validation/test/predict batch size (per process).
             num_workers: DataLoader worker processes (batches are built by tensor gathers, so 0
                 is usually fastest).
-            tokenizer: where the items' semantic IDs come from: a tokenizer config (e.g.
-                `configs/rqvae.yaml`; its artifact for this dataset is reused from the cache or
-                built on first use) or a semantic-ID artifact directory. None: no IDs (ID-based
-                models such as SASRec).
-            teacher: UniGRec's collaborative teacher: a teacher config (e.g. `configs/sasrec.yaml`,
-                trained on this dataset's training split on first use, then cached) or a teacher
-                artifact directory (item embeddings + meta.json). None: no teacher.
+            semantic_ids_from: where the items' semantic IDs come from: a tokenizer config (e.g.
+                `configs/rqvae.yaml`; the pipeline reuses its artifact for this dataset from the
+                cache or builds it first) or a semantic-ID artifact directory. None: no IDs
+                (ID-based models such as SASRec).
+            teacher_from: UniGRec's collaborative teacher: a teacher config (e.g.
+                `configs/sasrec.yaml`, trained on this dataset's training split on first use,
+                then cached) or a teacher artifact directory (item embeddings + meta.json).
+                None: no teacher.
+            tokenizer: deprecated name of `semantic_ids_from` (configs of older runs).
+            teacher: deprecated name of `teacher_from` (configs of older runs).
         """
         super().__init__()
         owner = type(self).__name__
@@ -192,12 +216,13 @@ class SequenceDataModule(L.LightningDataModule, ABC):
         self.text_fields = (
             list(text_fields) if text_fields is not None else list(self.reader.default_text_fields)
         )
-        self.tokenizer = tokenizer
-        self.teacher = teacher
-        self._teacher_embeddings: torch.Tensor | None = None
+        self.semantic_ids_from = _renamed(
+            owner, "tokenizer", tokenizer, "semantic_ids_from", semantic_ids_from
+        )
+        self.teacher_from = _renamed(owner, "teacher", teacher, "teacher_from", teacher_from)
+        self._upstream: Upstream | None = None
         self._splits: dict[str, SequenceSamples] = {}
         self._sequences: pp.Sequences | None = None
-        self._semantic_ids: SemanticIds | None = None
 
     @abstractmethod
     def build_reader(self) -> DatasetReader:
@@ -403,51 +428,53 @@ class SequenceDataModule(L.LightningDataModule, ABC):
         """What a semantic-ID artifact's meta must say to belong to this dataset."""
         return {"dataset": self.reader.name, "data_hash": self.data_hash, "num_items": self.num_items}
 
+    # ---------------------------------------------------------------- upstream artifacts
     @property
-    def codebook_sizes(self) -> list[int]:
-        """Codes per level of the semantic IDs (linked to generative models; builds the IDs if needed).
+    def needs_upstream(self) -> bool:
+        """Whether this dataset declares semantic IDs or a teacher that must be attached first."""
+        return self.semantic_ids_from is not None or self.teacher_from is not None
 
-        Without a tokenizer the attribute does not exist (AttributeError), so the CLI's size link
-        is skipped for ID-based models instead of failing.
-        """
-        if self.tokenizer is None:
-            raise AttributeError(f"{type(self).__name__} has no semantic IDs (no `tokenizer` set)")
-        return self.semantic_ids.codebook_sizes
+    def attach(self, upstream: Upstream) -> None:
+        """Receive what the pipeline built or loaded for `semantic_ids_from` / `teacher_from`."""
+        if (upstream.semantic_ids is None) != (self.semantic_ids_from is None):
+            raise ValueError("the attached semantic IDs do not match the declared semantic_ids_from")
+        if (upstream.teacher_embeddings is None) != (self.teacher_from is None):
+            raise ValueError("the attached teacher does not match the declared teacher_from")
+        self._upstream = upstream
+
+    def _attached(self) -> Upstream:
+        """The attached artifacts; empty when nothing is declared, an error when not yet attached."""
+        if self._upstream is not None:
+            return self._upstream
+        if self.needs_upstream:
+            raise RunError(
+                f"{type(self).__name__} declares semantic_ids_from/teacher_from but nothing built them "
+                "yet: call genrec_lightning.pipeline.attach_upstream(datamodule) before using it "
+                "(`genrec` does this for you)"
+            )
+        return Upstream()
 
     @property
-    def semantic_ids(self) -> SemanticIds:
-        """The items' semantic IDs named by `tokenizer` (built on first use, then cached)."""
-        if self._semantic_ids is None:
-            if self.tokenizer is None:
-                raise ValueError(
-                    f"{type(self).__name__} has no tokenizer: set `tokenizer` to a tokenizer config "
-                    "(e.g. configs/rqvae.yaml) or a semantic-ID artifact directory"
-                )
-            from genrec_lightning.stages import semantic_ids_for  # the stage runner imports us
-
-            self._semantic_ids = semantic_ids_for(self.tokenizer, self)
-        return self._semantic_ids
+    def semantic_ids(self) -> SemanticIds | None:
+        """The items' semantic IDs (None when `semantic_ids_from` is not set)."""
+        return self._attached().semantic_ids
 
     @property
-    def semantic_ids_path(self) -> Path:
-        """Directory of the semantic-ID artifact named by `tokenizer` (built first if missing)."""
-        if self.tokenizer is None:
-            raise AttributeError(f"{type(self).__name__} has no semantic IDs (no `tokenizer` set)")
-        from genrec_lightning.stages import semantic_ids_path
+    def codebook_sizes(self) -> list[int] | None:
+        """Codes per level of the semantic IDs (linked to generative models; None without IDs)."""
+        ids = self.semantic_ids
+        return None if ids is None else ids.codebook_sizes
 
-        return semantic_ids_path(self.tokenizer, self)
+    @property
+    def semantic_ids_path(self) -> Path | None:
+        """Directory of the attached semantic-ID artifact (None without IDs)."""
+        return self._attached().semantic_ids_dir
 
     @property
     def tokenizer_config(self) -> dict[str, Any] | None:
         """The TokenizerModule config that built the IDs (linked to UniGRec, which rebuilds the
-        tokenizer from it and loads its weights); None when the artifact does not record it."""
-        from genrec_lightning.modules.tokenizer import TOKENIZER_CONFIG_KEY
-
-        if self.tokenizer is None:  # AttributeError: the CLI's link is skipped for ID-based models
-            raise AttributeError(f"{type(self).__name__} has no semantic IDs (no `tokenizer` set)")
-        _ = self.semantic_ids  # builds and checks the artifact
-        meta = read_meta(self.semantic_ids_path) or {}
-        return meta.get(TOKENIZER_CONFIG_KEY)
+        tokenizer from it and loads its weights); None without IDs or when the artifact lacks it."""
+        return self._attached().tokenizer_config
 
     # ---------------------------------------------------------------------------- teacher
     def teacher_dir(self, key: str) -> Path:
@@ -455,34 +482,19 @@ class SequenceDataModule(L.LightningDataModule, ABC):
         return self.artifact_dir / "teachers" / key
 
     @property
-    def teacher_embeddings(self) -> torch.Tensor:
-        """Teacher item embeddings [num_items, d] named by `teacher` (trained on first use, cached)."""
-        if self._teacher_embeddings is None:
-            if self.teacher is None:
-                raise ValueError(
-                    f"{type(self).__name__} has no teacher: set `teacher` to a teacher config "
-                    "(e.g. configs/sasrec.yaml) or a teacher artifact directory"
-                )
-            from genrec_lightning.stages import teacher_embeddings_for
-
-            self._teacher_embeddings = teacher_embeddings_for(self.teacher, self)
-        return self._teacher_embeddings
+    def teacher_embeddings(self) -> torch.Tensor | None:
+        """Teacher item embeddings [num_items, d] (None when `teacher_from` is not set)."""
+        return self._attached().teacher_embeddings
 
     @property
-    def teacher_dim(self) -> int:
-        """Size of the teacher's item embeddings (linked to UniGRec; AttributeError without a teacher,
-        so the link is skipped)."""
-        if self.teacher is None:
-            raise AttributeError(f"{type(self).__name__} has no teacher (no `teacher` set)")
-        return int(self.teacher_embeddings.shape[1])
+    def teacher_dim(self) -> int | None:
+        """Size of the teacher's item embeddings (linked to UniGRec; None without a teacher)."""
+        teacher = self.teacher_embeddings
+        return None if teacher is None else int(teacher.shape[1])
 
     # ------------------------------------------------------------------------ Lightning hooks
     def prepare_data(self) -> None:
         self.build_artifacts()
-        if self.tokenizer is not None:
-            _ = self.semantic_ids
-        if self.teacher is not None:
-            _ = self.teacher_embeddings
 
     def _load_sequences(self) -> pp.Sequences:
         if self._sequences is None:

@@ -80,8 +80,8 @@ class GenerativeRecommender(RecommenderModule):
     ) -> None:
         if codebook_sizes is None:
             raise ValueError(
-                "GenerativeRecommender needs semantic IDs: set `data.init_args.tokenizer` to a tokenizer "
-                "config (e.g. configs/rqvae.yaml) or a semantic-ID artifact directory"
+                "GenerativeRecommender needs semantic IDs: set `data.init_args.semantic_ids_from` to a "
+                "tokenizer config (e.g. configs/rqvae.yaml) or a semantic-ID artifact directory"
             )
         type(self).check_settings(
             {"beam_size": beam_size, "metric_ks": metric_ks, "lr": lr, "warmup_steps": warmup_steps,
@@ -174,10 +174,11 @@ class GenerativeRecommender(RecommenderModule):
 
     def setup(self, stage: str) -> None:
         data = self.datamodule
-        if data is not None and hasattr(data, "semantic_ids"):
-            self.set_semantic_ids(data.semantic_ids)
+        ids = getattr(data, "semantic_ids", None) if data is not None else None
+        if ids is not None:
+            self.set_semantic_ids(ids)
             if stage == "fit":
-                self.loss.prepare(LossContext(data.semantic_ids, data))
+                self.loss.prepare(LossContext(ids, data))
         super().setup(stage)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -21,10 +21,18 @@ from typing import Any
 import lightning.pytorch as L
 import torch
 import torch.distributed as dist
+from jsonargparse import ArgumentParser
+from safetensors.torch import load_file
 
 from genrec_lightning import __version__
 from genrec_lightning.optim import Decay, adamw_warmup_cosine
-from genrec_lightning.semantic_ids import DedupMethod, SemanticIds, collision_rate, usage_entropy
+from genrec_lightning.semantic_ids import (
+    ArtifactMismatchError,
+    DedupMethod,
+    SemanticIds,
+    collision_rate,
+    usage_entropy,
+)
 from genrec_lightning.tokenizers import RQVAE, Tokenizer
 from genrec_lightning.tokenizers.quantizers import Quantizer
 
@@ -364,6 +372,44 @@ class TokenizerModule(L.LightningModule):
                 self.logger.log_metrics(flat, step=self.global_step)
         self.trainer.strategy.barrier("write_semantic_ids")
         return targets[0]
+
+
+# ------------------------------------------------------------------ rebuilding from an artifact
+def build_tokenizer(spec: dict[str, Any]) -> torch.nn.Module:
+    """The tokenizer network of a TokenizerModule config (class_path + init_args), untrained."""
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_subclass_arguments(TokenizerModule, "model")
+    try:
+        cfg = parser.parse_object({"model": spec})
+        module = parser.instantiate_classes(cfg).model
+    except Exception as err:
+        raise ValueError(f"cannot rebuild the tokenizer from its stored config {spec}: {err}") from err
+    return module.tokenizer
+
+
+def load_tokenizer_weights(tokenizer: torch.nn.Module, directory: str | Path) -> None:
+    """Load the trained weights stored in a semantic-ID artifact into `tokenizer` (shapes checked)."""
+    path = Path(directory) / TOKENIZER_FILE
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} is missing: the semantic-ID artifact {directory} holds IDs but no tokenizer "
+            "weights (built by an older version, or by a tokenizer without weights). Rebuild it with "
+            "`genrec tokenize --config <tokenizer yaml> --force`"
+        )
+    state = load_file(str(path))
+    own = tokenizer.state_dict()
+    wrong = [
+        f"{k}: artifact {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+        for k, v in state.items()
+        if k in own and own[k].shape != v.shape
+    ]
+    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    if wrong or missing or unexpected:
+        raise ArtifactMismatchError(
+            f"the tokenizer weights in {path} do not fit the tokenizer config "
+            f"(shape mismatches {wrong[:3]}, missing {missing[:3]}, unexpected {unexpected[:3]})"
+        )
+    tokenizer.load_state_dict(state)
 
 
 def _fixed(value: float, width: int = 8, digits: int = 3) -> str:

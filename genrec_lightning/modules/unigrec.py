@@ -3,8 +3,8 @@
     genrec fit --config configs/unigrec.yaml                                   # stage 2 (M6)
     genrec fit --config configs/unigrec.yaml --config configs/presets/cpu.yaml  # minutes on a CPU
 
-The stage-1 soft RQ-VAE (`data.tokenizer`, e.g. configs/unigrec_pretrain.yaml) and the SASRec
-teacher (`data.teacher`, configs/sasrec.yaml) are built on first use and cached. This module
+The stage-1 soft RQ-VAE (`data.semantic_ids_from`, e.g. configs/unigrec_pretrain.yaml) and the SASRec
+teacher (`data.teacher_from`, configs/sasrec.yaml) are built on first use and cached. This module
 rebuilds the tokenizer from the stage-1 artifact's config, loads its weights and trains it with
 T5 (paper §3.5.2, eq. 22):
 
@@ -34,6 +34,7 @@ from genrec_lightning.losses import TokenLoss
 from genrec_lightning.losses.distillation import masked_mean, symmetric_info_nce, symmetric_kl
 from genrec_lightning.modules.base import RecommenderModule
 from genrec_lightning.modules.recommender import GenerativeRecommender
+from genrec_lightning.modules.tokenizer import build_tokenizer, load_tokenizer_weights
 from genrec_lightning.networks.t5 import T5Recommender
 from genrec_lightning.optim import adamw_warmup_cosine, decay_groups
 from genrec_lightning.semantic_ids import PAD, ArtifactMismatchError, SemanticIds, dedup_suffix
@@ -53,7 +54,7 @@ class UniGRecModule(GenerativeRecommender):
         max_history: history items fed to the encoder (linked).
         tokenizer_config: the stage-1 TokenizerModule config (linked from the data's semantic-ID
             artifact); the RQ-VAE is rebuilt from it and starts from the artifact's weights.
-        teacher_dim: size of the teacher's item embeddings (linked from `data.teacher`; None
+        teacher_dim: size of the teacher's item embeddings (linked from `data.teacher_from`; None
             without a teacher).
         network: T5 class or partial, called with the vocabulary size.
         loss: token objective of L_rec (plain cross-entropy when not given).
@@ -143,7 +144,7 @@ class UniGRecModule(GenerativeRecommender):
         distills = tokenizer_distill_weight > 0 or recommender_distill_weight > 0
         if distills and teacher_dim is None:
             raise ValueError(
-                "the distillation terms need a teacher: set `data.init_args.teacher` to a teacher "
+                "the distillation terms need a teacher: set `data.init_args.teacher_from` to a teacher "
                 "config (configs/sasrec.yaml) or artifact, or set both distill weights to 0"
             )
         sizes[-1] = max(sizes[-1], int(suffix_capacity))
@@ -175,7 +176,7 @@ class UniGRecModule(GenerativeRecommender):
     # ----------------------------------------------------------------- setup
     def setup(self, stage: str) -> None:
         data = self.datamodule
-        if data is not None and hasattr(data, "semantic_ids"):
+        if data is not None and getattr(data, "semantic_ids", None) is not None:
             embeddings = data.item_embeddings()
             if tuple(embeddings.shape) != tuple(self.item_embeddings.shape):
                 raise ArtifactMismatchError(
@@ -186,6 +187,11 @@ class UniGRecModule(GenerativeRecommender):
             self.item_embeddings = embeddings.to(self.device)
             if hasattr(self, "encoder_adapter") or hasattr(self, "decoder_adapter"):
                 teacher = data.teacher_embeddings
+                if teacher is None:
+                    raise ArtifactMismatchError(
+                        "the model has distillation adapters but the data has no teacher: set "
+                        "`data.init_args.teacher_from` to the teacher config it was trained with"
+                    )
                 if tuple(teacher.shape) != tuple(self.teacher_embeddings.shape):
                     raise ArtifactMismatchError(
                         f"teacher embeddings {tuple(teacher.shape)} do not match the model "
@@ -193,8 +199,6 @@ class UniGRecModule(GenerativeRecommender):
                     )
                 self.teacher_embeddings = teacher.to(self.device)
             if not bool(self.tokenizer_ready):
-                from genrec_lightning.stages import load_tokenizer_weights
-
                 load_tokenizer_weights(self.tokenizer, data.semantic_ids_path)
                 self.tokenizer.temperature = self.hparams.temperature
                 self.tokenizer_ready.fill_(True)
@@ -413,12 +417,11 @@ class UniGRecModule(GenerativeRecommender):
 def _stage1_tokenizer(config: dict | None) -> RQVAE:
     if config is None:
         raise ValueError(
-            "UniGRec rebuilds its tokenizer from the stage-1 artifact: set `data.init_args.tokenizer` to "
-            "a soft tokenizer config (configs/unigrec_pretrain.yaml); the link fills tokenizer_config. "
+            "UniGRec rebuilds its tokenizer from the stage-1 artifact: set "
+            "`data.init_args.semantic_ids_from` to a soft tokenizer config (configs/unigrec_pretrain.yaml); "
+            "the link fills tokenizer_config. "
             "An artifact without a recorded config must be rebuilt (`genrec tokenize --config ... --force`)"
         )
-    from genrec_lightning.stages import build_tokenizer
-
     tokenizer = build_tokenizer(config)
     if not isinstance(tokenizer, RQVAE) or not isinstance(tokenizer.quantizer, SoftResidualQuantizer):
         quantizer = type(getattr(tokenizer, "quantizer", tokenizer)).__name__
