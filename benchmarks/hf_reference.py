@@ -14,13 +14,13 @@ import torch
 from torch import Tensor
 
 from genrec_lightning.networks.t5 import T5Recommender
-from genrec_lightning.semantic_ids import BOS, EOS, SemanticIds
+from genrec_lightning.semantic_ids import BOS, EOS, SemanticIds, code_tokens
 
 
 def token_trie(ids: SemanticIds) -> dict[tuple[int, ...], list[int]]:
     """Map every decoder prefix (BOS + tokens) to the sorted list of tokens that may follow it."""
     trie: dict[tuple[int, ...], set[int]] = defaultdict(set)
-    for row in (ids.codes + ids.token_offsets).tolist():
+    for row in code_tokens(ids.codes, ids.token_offsets).tolist():
         for level, token in enumerate(row):
             trie[(BOS, *row[:level])].add(token)
     return {prefix: sorted(tokens) for prefix, tokens in trie.items()}

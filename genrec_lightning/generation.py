@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from genrec_lightning.networks.t5 import T5Recommender
-from genrec_lightning.semantic_ids import BOS, PrefixIndex
+from genrec_lightning.semantic_ids import BOS, PrefixIndex, code_tokens
 
 
 @dataclass
@@ -229,7 +229,7 @@ def exact_scores(
     two rankings agree. Cost is B x N decoder passes, in chunks of `item_chunk` items.
     """
     enc = network.encode(input_ids, attention_mask, inputs_embeds)
-    labels = item_codes.to(enc.device) + token_offsets.to(enc.device)  # [N, L]
+    labels = code_tokens(item_codes.to(enc.device), token_offsets.to(enc.device))  # [N, L]
     decoder_inputs = T5Recommender.shift_right(labels)
     batch, columns = enc.shape[0], []
     for start in range(0, len(labels), item_chunk):

@@ -19,10 +19,14 @@ from genrec_lightning.semantic_ids import (
     ArtifactMismatchError,
     PrefixIndex,
     SemanticIds,
+    code_tokens,
     collision_rate,
     filter_ratios,
+    padded_token_table,
     purity_gains,
+    token_offsets,
     usage_entropy,
+    vocab_size,
 )
 
 # --------------------------------------------------------------------------------------------------
@@ -210,6 +214,27 @@ def test_from_codes_and_dedup_validation() -> None:
 # --------------------------------------------------------------------------------------------------
 # Vocabulary and lookups
 # --------------------------------------------------------------------------------------------------
+
+
+def test_vocab_functions_match_a_hand_built_vocabulary() -> None:
+    sizes = (3, 2, 4)
+    token_of: dict[tuple[int, int], int] = {}  # (level, code) -> token, numbered after the specials
+    next_token = NUM_SPECIAL_TOKENS
+    for level, size in enumerate(sizes):
+        for code in range(size):
+            token_of[level, code] = next_token
+            next_token += 1
+    assert vocab_size(sizes) == next_token == 12
+    offsets = token_offsets(sizes)
+    assert offsets.dtype == torch.int64 and offsets.tolist() == [token_of[level, 0] for level in range(3)]
+    codes = torch.tensor(list(itertools.product(*(range(s) for s in sizes))))  # every ID, [24, 3]
+    tokens = code_tokens(codes, offsets)
+    assert tokens.tolist() == [[token_of[level, c] for level, c in enumerate(row)] for row in codes.tolist()]
+    table = padded_token_table(codes, offsets)
+    assert torch.equal(table[:-1], tokens) and table[-1].tolist() == [PAD] * 3
+    ids = SemanticIds(codes, sizes)  # the table's methods are these functions
+    assert ids.vocab_size == vocab_size(sizes) and torch.equal(ids.token_offsets, offsets)
+    assert torch.equal(ids.token_table, table)
 
 
 def test_tokens_and_token_table() -> None:

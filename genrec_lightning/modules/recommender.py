@@ -24,11 +24,14 @@ from genrec_lightning.networks.t5 import T5Recommender
 from genrec_lightning.optim import adamw_warmup_cosine, decay_groups
 from genrec_lightning.semantic_ids import (
     EOS,
-    NUM_SPECIAL_TOKENS,
     PAD,
     ArtifactMismatchError,
     PrefixIndex,
     SemanticIds,
+    code_tokens,
+    padded_token_table,
+    token_offsets,
+    vocab_size,
 )
 
 log = logging.getLogger(__name__)
@@ -99,13 +102,12 @@ class GenerativeRecommender(RecommenderModule):
         self.beam_size = beam_size
         self.use_exact_ranking = exact_ranking
         self.reduction = reduction
-        self.vocab_size = NUM_SPECIAL_TOKENS + sum(sizes)
+        self.vocab_size = vocab_size(sizes)
         self.network = network(self.vocab_size)
         if self.network.vocab_size != self.vocab_size:
             raise ValueError("the network was built with another vocabulary size")
         self.loss = loss if loss is not None else CrossEntropyTokenLoss()
-        offsets = torch.tensor([NUM_SPECIAL_TOKENS + sum(sizes[:i]) for i in range(len(sizes))])
-        self.register_buffer("token_offsets", offsets, persistent=False)
+        self.register_buffer("token_offsets", token_offsets(sizes), persistent=False)
         # The ID table the model was trained with (saved in checkpoints); -1 until IDs are attached.
         self.register_buffer("item_id_table", torch.full((num_items, len(sizes)), -1, dtype=torch.long))
         self._indexes: dict[torch.device, PrefixIndex] = {}
@@ -204,8 +206,7 @@ class GenerativeRecommender(RecommenderModule):
                             history.shape[1], self.max_history)  # fmt: skip
                 self._warned_truncation = True
             history, mask = history[:, -self.max_history :], mask[:, -self.max_history :]
-        table = self.item_id_table + self.token_offsets
-        table = torch.cat([table, torch.full_like(table[:1], PAD)])  # row N: padding item
+        table = padded_token_table(self.item_id_table, self.token_offsets)  # row N: padding item
         tokens = table[history].flatten(1)  # [B, H*L]
         attention = mask.repeat_interleave(len(self.codebook_sizes), dim=1)
         if self.network.num_user_buckets:
@@ -216,7 +217,7 @@ class GenerativeRecommender(RecommenderModule):
 
     def labels(self, items: Tensor) -> Tensor:
         """Target token ids [B, L] of items [B]."""
-        return self.item_codes()[items] + self.token_offsets
+        return code_tokens(self.item_codes()[items], self.token_offsets)
 
     def reduce_tokens(self, loss: Tensor, labels: Tensor) -> Tensor:
         """The token loss (a mean over real tokens) as `reduction` asks: unchanged for `mean`,

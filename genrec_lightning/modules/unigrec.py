@@ -37,7 +37,7 @@ from genrec_lightning.modules.recommender import GenerativeRecommender
 from genrec_lightning.modules.tokenizer import build_tokenizer, load_tokenizer_weights
 from genrec_lightning.networks.t5 import T5Recommender
 from genrec_lightning.optim import adamw_warmup_cosine, decay_groups
-from genrec_lightning.semantic_ids import PAD, ArtifactMismatchError, SemanticIds, dedup_suffix
+from genrec_lightning.semantic_ids import PAD, ArtifactMismatchError, SemanticIds, code_tokens, dedup_suffix
 from genrec_lightning.tokenizers.quantizers import SoftResidualQuantizer
 from genrec_lightning.tokenizers.rqvae import MLP, RQVAE
 
@@ -289,7 +289,8 @@ class UniGRecModule(GenerativeRecommender):
         with torch.set_grad_enabled(torch.is_grad_enabled() and self.train_tokenizer):
             out = self.tokenizer(self.item_embeddings[items])
         if not self.soft_inputs:
-            return weight[self.item_id_table[items, : self.num_rq_levels] + offsets], out.recon_loss
+            tokens = code_tokens(self.item_id_table[items, : self.num_rq_levels], offsets)
+            return weight[tokens], out.recon_loss
         rows = offsets[:, None] + torch.arange(self.tokenizer.codebook_size, device=weight.device)
         level_rows = weight[rows]  # [L, K, d]
         return torch.einsum("ulk,lkd->uld", out.probs.to(weight.dtype), level_rows), out.recon_loss

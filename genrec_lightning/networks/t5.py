@@ -1,6 +1,6 @@
 """TIGER's backbone: a Hugging Face T5 encoder-decoder built from a `T5Config` (random init, no hub).
 
-Token layout (see `semantic_ids.py`): PAD 0, EOS 1, BOS 2, then one range per ID level; optional
+Token layout (see `semantic_ids/vocab.py`): PAD 0, EOS 1, BOS 2, then one range per ID level; optional
 user tokens (hashed buckets) follow the ID vocabulary. The encoder reads a user's history as
 flattened item IDs, the decoder emits the target item's ID one level at a time starting from BOS.
 Logits cover the ID vocabulary only, so user tokens can never be generated.
