@@ -1,7 +1,7 @@
 """Reference decoder for tests and benchmarks: HF `generate` beam search + `prefix_allowed_tokens_fn`.
 
 This is how most semantic-ID recommenders decode: a Python trie of valid token prefixes queried
-once per beam per step. It is kept out of the package on purpose (DESIGN.md §6); it exists to
+once per beam per step. It is kept out of the package on purpose (docs/design.md §7); it exists to
 check that `genrec_lightning.generation.beam_search` returns the same rankings and to measure
 the speed-up.
 """

@@ -1,4 +1,4 @@
-"""Prefix-constrained beam search over semantic IDs, and exact scoring of every item (DESIGN.md §6).
+"""Prefix-constrained beam search over semantic IDs, and exact scoring of every item (docs/design.md §7).
 
 Every item's ID has the same length L, so the valid continuations of a prefix are the next-level
 codes of the items that start with it (`PrefixIndex.allowed`, a CSR lookup over the sorted ID

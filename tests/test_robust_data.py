@@ -22,6 +22,7 @@ from test_tokenizer_stage import data_of, tiny_config, write_config
 
 import genrec_lightning.data.datamodules as datamodules
 import genrec_lightning.pipeline as stages
+import genrec_lightning.pipeline.tokenize as tokenize_stage
 from genrec_lightning.artifacts import META_FILE, atomic_dir, read_meta, write_json_atomic
 from genrec_lightning.data.datamodules import (
     AmazonDataModule,
@@ -130,7 +131,7 @@ def test_semantic_ids_cache_hit_takes_no_lock(tmp_path: Path, monkeypatch: pytes
         raise AssertionError("a cache hit took a build lock")
 
     monkeypatch.setattr(datamodules, "FileLock", no_lock)
-    monkeypatch.setattr(stages, "FileLock", no_lock)
+    monkeypatch.setattr(tokenize_stage, "FileLock", no_lock)
     assert stages.build_semantic_ids(path, data_of(cfg)).num_items == data_of(cfg).num_items
     assert stages.semantic_ids_dir(path, data_of(cfg)) == built
     assert _tree(cache) == before
@@ -249,7 +250,7 @@ def test_artifact_of_another_dataset_is_kept_and_the_config_pointed_elsewhere(tm
     message = str(err.value)
     assert "built for another dataset/config" in message and "delete" not in message
     assert message.endswith(
-        "point `tokenizer` at this dataset's semantic-ID artifact, or at the tokenizer YAML "
+        "point `semantic_ids_from` at this dataset's semantic-ID artifact, or at the tokenizer YAML "
         "(e.g. configs/rqvae.yaml), which builds this dataset's own entry"
     )
 

@@ -18,6 +18,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from genrec_lightning.callbacks import TemperatureAnnealing, anneal
 from genrec_lightning.cli import GenRecCLI, main
 from genrec_lightning.data.datamodules import ItemEmbeddingDataModule, MovieLensDataModule
+from genrec_lightning.errors import ConfigError, RunError
 from genrec_lightning.modules.tokenizer import TokenizerModule
 from genrec_lightning.pipeline import attach_upstream, build_semantic_ids, semantic_ids_dir
 from genrec_lightning.semantic_ids import ArtifactMismatchError, SemanticIds, collision_rate
@@ -314,3 +315,44 @@ def test_tokenizer_module_refuses_a_non_embedding_datamodule(tmp_path: Path) -> 
     with pytest.raises(TypeError, match="ItemEmbeddingDataModule"):
         trainer.fit(module, datamodule=data)
     assert isinstance(ItemEmbeddingDataModule(data).embeddings, torch.Tensor)
+
+
+def test_data_declares_ids_and_only_the_pipeline_builds_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Reading a datamodule never trains: its IDs exist only once `attach_upstream` built them."""
+    cfg = tiny_config(tmp_path, "configs/tokenizers/rqkmeans.yaml")
+    path = write_config(tmp_path, cfg)
+    init = cfg["data"]["init_args"]["data"]["init_args"]
+
+    def declared(**kwargs: Any) -> MovieLensDataModule:
+        return MovieLensDataModule(cache_dir=init["cache_dir"], encoder=HashEncoder(dim=8), **kwargs)
+
+    dm = declared(semantic_ids_from=str(path))
+    with monkeypatch.context() as patch:
+        patch.setattr(L.Trainer, "fit", lambda *a, **k: pytest.fail("a datamodule property trained"))
+        for name in ("codebook_sizes", "semantic_ids", "tokenizer_config", "semantic_ids_path"):
+            with pytest.raises(RunError, match=r"attach_upstream\(datamodule\)"):
+                getattr(dm, name)
+        dm.prepare_data()  # Lightning's hook builds the data artifact only
+    assert not (dm.artifact_dir / "semantic_ids").exists()
+    assert attach_upstream(dm) is dm
+    assert dm.codebook_sizes == dm.semantic_ids.codebook_sizes and dm.codebook_sizes[:2] == [16, 16]
+    assert (dm.semantic_ids_path / "codes.safetensors").is_file()
+    assert dm.tokenizer_config["class_path"].endswith("TokenizerModule")
+    assert dm.teacher_embeddings is None and dm.teacher_dim is None
+    # Without a declaration the sizes are plainly absent (the CLI's links then skip them).
+    plain = attach_upstream(declared())
+    assert plain.codebook_sizes is None and plain.semantic_ids is None and plain.tokenizer_config is None
+
+
+def test_configs_of_older_runs_still_name_their_ids(tmp_path: Path) -> None:
+    """`tokenizer`/`teacher` were renamed; a saved config.yaml that uses them still loads."""
+    cache = str(tmp_path / "cache")
+    with pytest.warns(FutureWarning, match="`tokenizer` is now called `semantic_ids_from`"):
+        old = MovieLensDataModule(cache_dir=cache, tokenizer="ids.yaml", teacher=None)
+    assert old.semantic_ids_from == "ids.yaml" and old.teacher_from is None
+    with pytest.warns(FutureWarning, match="`teacher` is now called `teacher_from`"):
+        assert MovieLensDataModule(cache_dir=cache, teacher="t.yaml").teacher_from == "t.yaml"
+    with pytest.raises(ConfigError, match="both tokenizer and semantic_ids_from are set"):
+        MovieLensDataModule(cache_dir=cache, tokenizer="a.yaml", semantic_ids_from="b.yaml")

@@ -1,4 +1,4 @@
-"""Preprocessing as pure functions over polars frames (DESIGN.md §4).
+"""Preprocessing as pure functions over polars frames (docs/design.md §5).
 
 raw interactions -> drop exact duplicates -> iterative k-core -> stable chronological order ->
 dense ids -> per-user sequences; leave-one-out split positions are derived from the sequence
@@ -141,7 +141,7 @@ class SplitPositions:
 
 
 def leave_one_out(seqs: Sequences) -> dict[str, SplitPositions]:
-    """Leave-one-out splits (DESIGN.md §4).
+    """Leave-one-out splits (docs/design.md §5).
 
     test target = last item; validation target = second to last; training = every prefix of
     `seq[:-2]` predicting its next item, i.e. targets at sequence positions 1 .. n-3. Users need

@@ -1,4 +1,4 @@
-"""Token losses of the generative recommender (DESIGN.md §5).
+"""Token losses of the generative recommender (docs/design.md §6).
 
 Every loss shares one masked per-token cross-entropy; a weighting rule only supplies a weight per
 target token. `TokenLoss` is the extension point: the recommender calls `prepare` once with the

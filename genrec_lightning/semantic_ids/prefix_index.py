@@ -32,7 +32,7 @@ def _pack(codes: Tensor, sizes: Sequence[int]) -> Tensor:
 
 @dataclass(frozen=True, eq=False)
 class PrefixIndex:
-    """Sorted ID table plus a per-level CSR map prefix -> allowed next codes (DESIGN.md §6).
+    """Sorted ID table plus a per-level CSR map prefix -> allowed next codes (docs/design.md §7).
 
     Sorting the table makes every prefix's items a contiguous range of `sorted_items`, so decoding
     masks and candidate ranges come from `searchsorted` over packed prefix keys, with no trie.

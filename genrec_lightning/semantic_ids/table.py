@@ -356,7 +356,7 @@ class SemanticIds:
                 # The artifact may be a valid one of another dataset: never advise deleting it.
                 raise ArtifactMismatchError(
                     f"semantic ID artifact {directory} was built for another dataset/config: "
-                    f"meta key {key!r} is {found!r}, expected {wanted!r}; point `tokenizer` at this "
+                    f"meta key {key!r} is {found!r}, expected {wanted!r}; point `semantic_ids_from` at this "
                     "dataset's semantic-ID artifact, or at the tokenizer YAML (e.g. configs/rqvae.yaml), "
                     "which builds this dataset's own entry"
                 )
