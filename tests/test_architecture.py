@@ -17,7 +17,7 @@ PACKAGE = ROOT / "genrec_lightning"
 LAYERS: dict[str, int] = {
     # foundation: no project imports beyond these
     "__init__": 0, "errors": 0, "output": 0, "optim": 0, "metrics": 0,
-    "artifacts": 1,
+    "artifacts": 1, "config_files": 1,
     "semantic_ids": 2,
     # components: the maths, each testable alone
     "networks": 3, "tokenizers": 3, "losses": 3,

@@ -17,10 +17,10 @@ import torch
 from test_recommender import ROOT, data, tiny_experiment  # noqa: F401  (module fixture `data`)
 
 from genrec_lightning.analysis.compare import load_side
-from genrec_lightning.analysis.compare import main as compare_main
 from genrec_lightning.analysis.runs import read_config
 from genrec_lightning.callbacks.test_users import FILE_NAME, METADATA_KEY, read_identity
 from genrec_lightning.cli import GenRecCLI, main
+from genrec_lightning.cli.compare import main as compare_main
 from genrec_lightning.metrics import RankingMetrics, UserOutcomes
 
 KS = (1, 5, 10, 20)

@@ -1,27 +1,23 @@
-"""`genrec report`: the papers' figures for run directories and semantic-ID tables, as PNG files.
+"""Figures of finished runs written as files: `Report` (PNG/CSV, atomically) and `report_runs`.
 
-    genrec report runs/tiger_curriculum/version_0                      # one run -> <run>/report/
-    genrec report runs/sweep/c1e-5 runs/sweep/c2e-5 --output sweep/    # several runs, compared
-    genrec report --ids configs/rqvae.yaml                             # semantic-ID figures
-
-Each figure is written only when its inputs exist (e.g. objective weights for a multi-target
-run, identifier evolution for a UniGRec run), and the command lists what it wrote and skipped.
+The papers' figures of one or several run directories: training curves, objective weights,
+collision rate, the curriculum and lambda_CU sweeps, identifier evolution, head/tail and
+popularity-decile test metrics. Each figure is written only when its inputs exist and the
+`Report` lists what it wrote and skipped. `genrec report` (`genrec_lightning.cli.report`) is the
+command line over this module.
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import polars as pl
-import torch
 from matplotlib.figure import Figure
 
 from genrec_lightning.analysis import figures as F
 from genrec_lightning.analysis.runs import (
-    check_run_dir,
     config_value,
     load_codebooks,
     load_state_tensor,
@@ -30,7 +26,6 @@ from genrec_lightning.analysis.runs import (
     read_test_metrics,
 )
 from genrec_lightning.artifacts import atomic_file
-from genrec_lightning.semantic_ids import SemanticIds
 
 log = logging.getLogger(__name__)
 
@@ -122,89 +117,4 @@ def report_runs(report: Report, run_dirs: Sequence[Path], labels: Sequence[str],
                 )
 
 
-def load_ids(source: str) -> tuple[SemanticIds, torch.Tensor | None, Path]:
-    """IDs, item frequencies (None if unknown) and artifact dir of a tokenizer YAML or an artifact dir."""
-    from genrec_lightning.cli import _config_section, _data_parser, _sequence_data
-    from genrec_lightning.pipeline import semantic_ids_dir
-
-    path = Path(source)
-    if path.is_dir():
-        return SemanticIds.load(path), None, path
-    if path.suffix not in (".yaml", ".yml") or not path.is_file():
-        raise FileNotFoundError(
-            f"--ids {source}: expected a semantic-ID artifact directory or tokenizer YAML"
-        )
-    parser = _data_parser("genrec report", "")
-    data = _sequence_data(
-        parser.instantiate_classes(parser.parse_args(_config_section(["--config", source]))).data
-    )
-    directory = semantic_ids_dir(path, data)
-    return (
-        SemanticIds.load(directory, expect=data.semantic_ids_expectation()),
-        data.item_frequencies(),
-        directory,
-    )
-
-
-def report_ids(report: Report, sources: Sequence[str]) -> None:
-    """Usage and PCA per table, Table 1 over all tables, Figure 1 where item frequencies are known."""
-    tables: dict[str, SemanticIds] = {}
-    for source in sources:
-        ids, frequencies, directory = load_ids(source)
-        label = Path(source).stem if Path(source).is_file() else directory.name
-        tables[label] = ids
-        raw, sizes = ids.raw_codes, ids.raw_codebook_sizes
-        report.add(f"code_usage_{label}", lambda r=raw, s=sizes, n=label: F.plot_code_usage(r, s, n))
-        books = load_codebooks(directory)
-        if books is None and (checkpoint := ids.meta.get("checkpoint")) and Path(checkpoint).is_file():
-            books = load_codebooks(checkpoint)
-        if books is not None:
-            report.add(f"codebook_pca_{label}", lambda b=books, r=raw, n=label: F.plot_codebook_pca(b, r, n))
-        if frequencies is None:
-            report.skipped.append(f"purity_gain_{label}: item frequencies unknown (pass the tokenizer YAML)")
-        else:
-            report.add(
-                f"purity_gain_{label}", lambda i=ids, f=frequencies, n=label: F.plot_purity_gain(i, f, n)
-            )
-    report.table("filter_ratios", F.filter_ratio_table(tables))
-    report.add("filter_ratios", lambda: F.plot_filter_ratios(tables))
-
-
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="genrec report",
-        description="Write the papers' figures (PNG) and tables (CSV) for runs and semantic-ID tables.",
-    )
-    p.add_argument("runs", nargs="*", help="run directories (logger versions, e.g. runs/tiger/version_0)")
-    p.add_argument("--ids", nargs="*", default=[], help="semantic-ID artifact dirs or tokenizer YAMLs")
-    p.add_argument("--labels", nargs="*", default=None, help="one label per run (default <name>/<version>)")
-    p.add_argument("--output", default=None, help="output folder (default <run>/report, or ./report)")
-    p.add_argument("--k", type=int, default=10, help="cut-off of the head/tail figure")
-    return p
-
-
-def main(argv: Sequence[str]) -> list[Path]:
-    args = parser().parse_args(list(argv))
-    if not args.runs and not args.ids:
-        raise SystemExit("genrec report: give run directories and/or --ids (see genrec report --help)")
-    try:
-        run_dirs = [check_run_dir(r) for r in args.runs]
-    except FileNotFoundError as err:
-        raise SystemExit(f"genrec report: {err}") from None
-    labels = args.labels or [run_label(d) for d in run_dirs]
-    if len(labels) != len(run_dirs) or len(set(labels)) != len(labels):
-        raise SystemExit(f"genrec report: need {len(run_dirs)} distinct --labels, got {labels}")
-    default = run_dirs[0] / "report" if len(run_dirs) == 1 and not args.ids else Path("report")
-    report = Report(Path(args.output) if args.output else default)
-    if run_dirs:
-        report_runs(report, run_dirs, labels, k=args.k)
-    if args.ids:
-        report_ids(report, args.ids)
-    for path in report.written:
-        print(f"wrote {path}")
-    for reason in report.skipped:
-        print(f"skipped {reason}")
-    return report.written
-
-
-__all__ = ["Report", "load_ids", "main", "parser", "report_ids", "report_runs", "run_label"]
+__all__ = ["Report", "report_runs", "run_label"]

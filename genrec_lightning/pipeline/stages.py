@@ -13,6 +13,7 @@ import torch
 from jsonargparse import ActionConfigFile, Namespace
 from lightning.pytorch.cli import LightningArgumentParser
 
+from genrec_lightning.config_files import BASE_HELP, expand_bases
 from genrec_lightning.modules.baselines import SequentialRecommender
 from genrec_lightning.modules.tokenizer import TokenizerModule
 from genrec_lightning.pipeline.keys import DEFAULT_SEED
@@ -25,6 +26,7 @@ def stage_parser(module: type[L.LightningModule], name: str) -> LightningArgumen
     parser.add_lightning_class_args(L.Trainer, "trainer")
     parser.add_lightning_class_args(module, "model", subclass_mode=True, required=True)
     parser.add_argument("--seed_everything", type=bool | int, default=DEFAULT_SEED)
+    parser.add_argument("--base", type=str | None, default=None, help=BASE_HELP)
     parser.add_argument(
         "--data", type=dict | None, default=None, help="only the loader settings (batch sizes) are used"
     )
@@ -53,7 +55,7 @@ def parse_stage(parser: LightningArgumentParser, path: Path, what: str, *extra: 
     if not path.is_file():
         raise FileNotFoundError(f"{what} config {path} does not exist")
     try:
-        return parser.parse_args(["--config", str(path), *extra])
+        return parser.parse_args([*expand_bases(["--config", str(path)]), *extra])
     except Exception as err:  # jsonargparse reports which option is wrong
         raise ValueError(f"{path} is not a valid {what} config: {err}") from err
 
