@@ -24,6 +24,8 @@ from typing import Any
 import yaml
 from experiments import genrec_executable, thread_env  # benchmarks/ is on sys.path
 
+from genrec_lightning.config_files import load_config
+
 
 @dataclass(frozen=True)
 class Variant:
@@ -56,7 +58,7 @@ def slug(name: str) -> str:
 
 
 def write_config(variant: Variant, directory: Path) -> Path:
-    cfg = yaml.safe_load(Path(variant.config).read_text())
+    cfg = load_config(variant.config)  # its bases merged in: the copy is written elsewhere
     cfg = copy.deepcopy(cfg)
     init = cfg["model"]["init_args"]
     init.update(variant.module)

@@ -98,14 +98,18 @@ def expand_bases(args: Sequence[str]) -> list[str]:
 
 def merge(base: Any, delta: Any) -> Any:
     """`delta` over `base` as the parser stacks two configs: mappings merge key by key, a
-    component whose `class_path` changes is replaced whole, anything else is replaced."""
+    component whose `class_path` changes is replaced whole, `key+: [...]` appends to a list, and
+    anything else is replaced."""
     if not (isinstance(base, dict) and isinstance(delta, dict)):
         return copy.deepcopy(delta)
     if "class_path" in base and "class_path" in delta and base["class_path"] != delta["class_path"]:
         return copy.deepcopy(delta)
     out = copy.deepcopy(base)
     for key, value in delta.items():
-        out[key] = merge(out[key], value) if key in out else copy.deepcopy(value)
+        if key.endswith("+") and isinstance(value, list):  # `callbacks+:` appends, as on the command line
+            out[key[:-1]] = [*out.get(key[:-1], []), *copy.deepcopy(value)]
+        else:
+            out[key] = merge(out[key], value) if key in out else copy.deepcopy(value)
     return out
 
 

@@ -30,6 +30,7 @@ from genrec_lightning.analysis.runs import (
     series,
 )
 from genrec_lightning.cli import GenRecCLI, main
+from genrec_lightning.config_files import load_config
 from genrec_lightning.semantic_ids import SemanticIds
 
 TINY_T5 = dict(d_model=16, d_ff=32, d_kv=8, num_heads=2, num_encoder_layers=1, num_decoder_layers=1)
@@ -151,7 +152,7 @@ def test_report_writes_figures_atomically_and_lists_what_it_skipped(tmp_path: Pa
 def tiny_curriculum_config(stages: dict[str, Any], tmp_path: Path, decay: float | None) -> Path:  # noqa: F811
     """configs/tiger_curriculum.yaml shrunk to seconds on the stage-1 IDs, curriculum speed `decay`
     (None: the shipped run-relative curriculum, half-way at half the planned steps)."""
-    cfg = yaml.safe_load((ROOT / "configs/tiger_curriculum.yaml").read_text())
+    cfg = load_config(ROOT / "configs/tiger_curriculum.yaml")
     cfg["model"]["init_args"]["network"]["init_args"] = dict(TINY_T5)
     if decay is not None:
         cfg["model"]["init_args"]["loss"]["init_args"].update(decay=decay, decay_at=None)

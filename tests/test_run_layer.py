@@ -18,6 +18,7 @@ from lightning.pytorch.cli import LightningArgumentParser
 from test_recommender import ROOT, data, tiny_experiment  # noqa: F401  (module fixture `data`)
 
 from genrec_lightning.cli import COMMANDS, GenRecCLI, main
+from genrec_lightning.config_files import expand_bases
 
 EXPERIMENTS = sorted(
     p
@@ -340,9 +341,11 @@ def test_debug_yaml_layers_over_every_experiment(config: Path) -> None:
     parser = LightningArgumentParser(exit_on_error=False)
     parser.add_argument("--config", action="config")
     parser.add_lightning_class_args(L.Trainer, "trainer")
-    for section in ("model", "data", "seed_everything"):
+    for section in ("model", "data", "seed_everything", "base"):
         parser.add_argument(f"--{section}", type=Any, default=None)
-    cfg = parser.parse_args(["--config", str(config), "--config", str(ROOT / "configs/debug.yaml")])
+    cfg = parser.parse_args(
+        expand_bases(["--config", str(config), "--config", str(ROOT / "configs/debug.yaml")])
+    )
     init = parser.instantiate_classes(cfg)
     trainer = L.Trainer(**{**init.trainer, "logger": False})
     assert trainer.max_steps == 5 and trainer.num_sanity_val_steps == 0

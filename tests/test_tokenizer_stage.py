@@ -17,6 +17,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from genrec_lightning.callbacks import TemperatureAnnealing, anneal
 from genrec_lightning.cli import GenRecCLI, main
+from genrec_lightning.config_files import load_config
 from genrec_lightning.data.datamodules import ItemEmbeddingDataModule, MovieLensDataModule
 from genrec_lightning.errors import ConfigError, RunError
 from genrec_lightning.modules.tokenizer import TokenizerModule
@@ -30,8 +31,7 @@ QUANTIZERS = "genrec_lightning.tokenizers.quantizers"
 
 def tiny_config(tmp_path: Path, source: str = "configs/rqvae.yaml", **quantizer: Any) -> dict[str, Any]:
     """A shipped tokenizer YAML shrunk to seconds: 8-d hash embeddings, small MLP and codebooks."""
-    with open(ROOT / source) as f:
-        cfg = yaml.safe_load(f)
+    cfg = load_config(ROOT / source)
     data = cfg["data"]["init_args"]["data"]["init_args"]
     data["cache_dir"] = str(tmp_path / "cache")
     data["encoder"] = {"class_path": "conftest.HashEncoder", "init_args": {"dim": 8}}
