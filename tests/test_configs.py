@@ -9,6 +9,8 @@ and say in the commit what changed (`genrec fit --config <yaml> --print_config` 
 from __future__ import annotations
 
 import contextlib
+import copy
+import functools
 import hashlib
 import io
 import json
@@ -51,6 +53,11 @@ def stack_of(config: Path) -> list[Path]:
 
 def resolved(*files: Path) -> dict[str, Any]:
     """Everything `genrec fit` would run with (defaults included), as `--print_config` shows it."""
+    return copy.deepcopy(_resolved(files))
+
+
+@functools.cache
+def _resolved(files: tuple[Path, ...]) -> dict[str, Any]:
     out = io.StringIO()
     args = [a for f in files for a in ("--config", str(f))]
     with contextlib.redirect_stdout(out), pytest.raises(SystemExit) as done:
