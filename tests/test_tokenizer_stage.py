@@ -356,3 +356,15 @@ def test_configs_of_older_runs_still_name_their_ids(tmp_path: Path) -> None:
         assert MovieLensDataModule(cache_dir=cache, teacher="t.yaml").teacher_from == "t.yaml"
     with pytest.raises(ConfigError, match="both tokenizer and semantic_ids_from are set"):
         MovieLensDataModule(cache_dir=cache, tokenizer="a.yaml", semantic_ids_from="b.yaml")
+
+
+def test_collision_monitor_reads_raw_ids_of_either_module() -> None:
+    """One name for the tokenizer's own IDs (`raw_item_codes`, `raw_codebook_sizes`) in both the
+    tokenizer stage and UniGRec; a module without them is refused by name."""
+    from genrec_lightning.callbacks import CollisionMonitor
+    from genrec_lightning.modules.unigrec import UniGRecModule
+
+    for module in (TokenizerModule, UniGRecModule):
+        assert callable(module.raw_item_codes) and isinstance(module.raw_codebook_sizes, property)
+    with pytest.raises(MisconfigurationException, match=r"raw_item_codes\(\) and raw_codebook_sizes"):
+        CollisionMonitor().setup(L.Trainer(logger=False), torch.nn.Module(), "fit")  # type: ignore[arg-type]

@@ -1,10 +1,9 @@
 """Collision, codebook-usage and ID-drift curves of a module's hard item IDs during training.
 
-Works with the tokenizer stage (`item_codes()` and `codebook_sizes`: hard IDs before dedup) and
-the UniGRec joint module (`raw_item_codes()` and `raw_codebook_sizes`, the IDs its tokenizer
-assigns now, before the dedup suffix). The UniGRec collision-rate curves (its Figures 3 and 4)
-and the identifier-evolution analysis (Figure 6: per-level code-change rate, how many levels of
-an item's ID changed) are read from these logs.
+Works with any module that has `raw_item_codes()` and `raw_codebook_sizes`, the hard IDs its
+tokenizer assigns now, before dedup: the tokenizer stage and the UniGRec joint module. The UniGRec
+collision-rate curves (its Figures 3 and 4) and the identifier-evolution analysis (Figure 6:
+per-level code-change rate, how many levels of an item's ID changed) are read from these logs.
 """
 
 from __future__ import annotations
@@ -17,19 +16,6 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import Tensor
 
 from genrec_lightning.semantic_ids import collision_rate, usage_entropy
-
-
-def _uses_raw(module: L.LightningModule) -> bool:
-    return callable(getattr(module, "raw_item_codes", None)) and hasattr(module, "raw_codebook_sizes")
-
-
-def _hard_ids(module: L.LightningModule) -> Tensor:
-    """[N, L] hard IDs before dedup (UniGRec: what its tokenizer assigns now)."""
-    return module.raw_item_codes() if _uses_raw(module) else module.item_codes()
-
-
-def _sizes(module: L.LightningModule) -> list[int]:
-    return list(module.raw_codebook_sizes if _uses_raw(module) else module.codebook_sizes)
 
 
 def id_changes(before: Tensor, after: Tensor, prefix: str) -> dict[str, float]:
@@ -62,22 +48,21 @@ class CollisionMonitor(L.Callback):
         self._previous: Tensor | None = None
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if not _uses_raw(pl_module) and (
-            not callable(getattr(pl_module, "item_codes", None)) or not hasattr(pl_module, "codebook_sizes")
-        ):
+        codes = getattr(pl_module, "raw_item_codes", None)
+        if not callable(codes) or not hasattr(pl_module, "raw_codebook_sizes"):
             raise MisconfigurationException(
-                f"CollisionMonitor needs a module with item_codes() and codebook_sizes (or raw_item_codes() "
-                f"and raw_codebook_sizes); {type(pl_module).__name__} has neither"
+                f"CollisionMonitor needs a module with raw_item_codes() and raw_codebook_sizes (a "
+                f"TokenizerModule or UniGRecModule); {type(pl_module).__name__} has neither"
             )
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._initial is None:  # a resumed run keeps the reference of its first start
-            self._initial = _hard_ids(pl_module).cpu()
+            self._initial = pl_module.raw_item_codes().cpu()
             self._previous = self._initial
 
     def measure(self, pl_module: L.LightningModule, codes: Tensor | None = None) -> dict[str, float]:
-        codes = _hard_ids(pl_module) if codes is None else codes
-        usage, entropy = usage_entropy(codes, _sizes(pl_module))
+        codes = pl_module.raw_item_codes() if codes is None else codes
+        usage, entropy = usage_entropy(codes, pl_module.raw_codebook_sizes)
         rate = collision_rate(codes)
         out = {f"{self.prefix}/collision_rate": rate, f"{self.prefix}/unique_ratio": 1.0 - rate}
         for level, (used, ent) in enumerate(zip(usage, entropy, strict=True)):
@@ -103,7 +88,7 @@ class CollisionMonitor(L.Callback):
         if self.every_n_epochs and (trainer.current_epoch + 1) % self.every_n_epochs == 0:
             # Every rank holds the same weights, so the figures agree and need no reduction;
             # logged through the module so a ModelCheckpoint can monitor them.
-            codes = _hard_ids(pl_module)
+            codes = pl_module.raw_item_codes()
             values = self.measure(pl_module, codes)
             if self._previous is not None and self._previous.shape == codes.shape:
                 values |= id_changes(self._previous, codes, f"{self.prefix}/change_rate")

@@ -30,6 +30,7 @@ from genrec_lightning.metrics import (
     UserOutcomes,
     popularity_groups,
 )
+from genrec_lightning.optim import adamw_warmup_cosine, decay_groups
 from genrec_lightning.semantic_ids import ArtifactMismatchError
 
 DATA_KEY = "genrec_data"
@@ -97,6 +98,20 @@ class RecommenderModule(L.LightningModule):
             raise ConfigError(f"head_fraction must be in (0, 1), got {head}")
         if int(settings.get("coverage_k", 10)) < 1:
             raise ConfigError(f"coverage_k must be >= 1, got {settings.get('coverage_k')}")
+
+    def configure_optimizers(self) -> dict:
+        """AdamW (weight decay on matrices only) with linear warm-up and cosine decay over the
+        planned optimiser steps, from the `lr`, `weight_decay`, `warmup_steps` and `min_lr_ratio`
+        a trainable recommender takes; one place, so every model trains under the same schedule."""
+        hp = self.hparams
+        return adamw_warmup_cosine(
+            decay_groups(self, hp.weight_decay),
+            hp.lr,
+            hp.weight_decay,
+            hp.warmup_steps,
+            self.trainer.estimated_stepping_batches,
+            hp.min_lr_ratio,
+        )
 
     # ----------------------------------------------------------------- to implement
     @abstractmethod

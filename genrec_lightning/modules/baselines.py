@@ -21,7 +21,6 @@ from torch import Tensor, nn
 from genrec_lightning.generation import Ranking
 from genrec_lightning.modules.base import RecommenderModule
 from genrec_lightning.networks.sasrec import SASRec
-from genrec_lightning.optim import adamw_warmup_cosine, decay_groups
 
 
 def top_k_ranking(scores: Tensor, k: int) -> Ranking:
@@ -95,17 +94,6 @@ class SequentialRecommender(RecommenderModule):
         """Top-k items by log-probability (the same order as the logits)."""
         logits = self(batch["history"], batch["history_mask"])
         return top_k_ranking(F.log_softmax(logits.float(), dim=-1), self.top_k)
-
-    def configure_optimizers(self) -> dict:
-        hp = self.hparams
-        return adamw_warmup_cosine(
-            decay_groups(self, hp.weight_decay),
-            hp.lr,
-            hp.weight_decay,
-            hp.warmup_steps,
-            self.trainer.estimated_stepping_batches,
-            hp.min_lr_ratio,
-        )
 
 
 class MostPopular(RecommenderModule):

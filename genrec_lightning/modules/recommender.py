@@ -21,7 +21,6 @@ from genrec_lightning.generation import Ranking, beam_search, exact_ranking, exa
 from genrec_lightning.losses import CrossEntropyTokenLoss, LossContext, TokenLoss
 from genrec_lightning.modules.base import RecommenderModule
 from genrec_lightning.networks.t5 import T5Recommender
-from genrec_lightning.optim import adamw_warmup_cosine, decay_groups
 from genrec_lightning.semantic_ids import (
     EOS,
     PAD,
@@ -259,16 +258,6 @@ class GenerativeRecommender(RecommenderModule):
         if not isinstance(self.loss, CrossEntropyTokenLoss):
             wanted.append(ObjectiveWeights())
         return [cb for cb in wanted if not any(isinstance(p, type(cb)) for p in present)]
-
-    def configure_optimizers(self) -> dict:
-        return adamw_warmup_cosine(
-            decay_groups(self, self.hparams.weight_decay),
-            self.hparams.lr,
-            self.hparams.weight_decay,
-            self.hparams.warmup_steps,
-            self.trainer.estimated_stepping_batches,
-            self.hparams.min_lr_ratio,
-        )
 
     # ----------------------------------------------------------------- ranking
     def rank(self, batch: dict[str, Tensor]) -> Ranking:

@@ -111,7 +111,8 @@ class TokenizerModule(L.LightningModule):
 
     # ------------------------------------------------------------------------------ helpers
     @property
-    def codebook_sizes(self) -> list[int]:
+    def raw_codebook_sizes(self) -> list[int]:
+        """Codes per level of the tokenizer's own IDs (before dedup adds or reassigns anything)."""
         return [int(self.tokenizer.codebook_size)] * int(self.tokenizer.num_levels)
 
     @property
@@ -139,7 +140,7 @@ class TokenizerModule(L.LightningModule):
         return embeddings
 
     @torch.no_grad()
-    def item_codes(self) -> torch.Tensor:
+    def raw_item_codes(self) -> torch.Tensor:
         """Hard IDs `[N, L]` of every item (before dedup), in eval mode; the same on every rank."""
         table = self._item_table()
         was_training = self.training
@@ -174,10 +175,10 @@ class TokenizerModule(L.LightningModule):
                 "(seconds with faiss); run it without --trainer.strategy ddp / devices > 1, "
                 "e.g. `genrec tokenize --config <yaml>`"
             )
-        capacity = math.prod(self.codebook_sizes)
+        capacity = math.prod(self.raw_codebook_sizes)
         if self.hparams.dedup == "reassign_last" and len(table) > capacity:
             raise ValueError(
-                f"{len(table)} items cannot get distinct IDs from {self.codebook_sizes} codebooks "
+                f"{len(table)} items cannot get distinct IDs from {self.raw_codebook_sizes} codebooks "
                 f"({capacity} IDs) with dedup=reassign_last; use dedup: suffix or larger codebooks"
             )
 
@@ -277,7 +278,7 @@ class TokenizerModule(L.LightningModule):
         if self.tokenizer.trainable:
             self.log("val/recon_loss", error.mean(), prog_bar=True)
         self.log("val/collision_rate", collision_rate(codes), prog_bar=True)
-        usage, entropy = usage_entropy(codes, self.codebook_sizes)
+        usage, entropy = usage_entropy(codes, self.raw_codebook_sizes)
         for level, (used, ent) in enumerate(zip(usage, entropy, strict=True)):
             self.log(f"val/usage_l{level}", used)
             self.log(f"val/entropy_l{level}", ent)
@@ -325,8 +326,8 @@ class TokenizerModule(L.LightningModule):
             meta["embeddings_hash"] = data.embedding_dir().name
         meta.update(self.artifact_meta)
         return SemanticIds.from_codes(
-            self.item_codes().cpu(),
-            self.codebook_sizes,
+            self.raw_item_codes().cpu(),
+            self.raw_codebook_sizes,
             dedup=self.hparams.dedup,
             seed=self.hparams.dedup_seed,
             meta=meta,

@@ -149,8 +149,10 @@ class UniGRecModule(GenerativeRecommender):
             )
         sizes[-1] = max(sizes[-1], int(suffix_capacity))
         super().__init__(
-            sizes, num_items, max_history, network, loss, beam_size, False, lr, weight_decay,
-            warmup_steps, min_lr_ratio, metric_ks, head_fraction, coverage_k, reduction=reduction,
+            codebook_sizes=sizes, num_items=num_items, max_history=max_history, network=network,
+            loss=loss, beam_size=beam_size, exact_ranking=False, lr=lr, weight_decay=weight_decay,
+            warmup_steps=warmup_steps, min_lr_ratio=min_lr_ratio, metric_ks=metric_ks,
+            head_fraction=head_fraction, coverage_k=coverage_k, reduction=reduction,
         )  # fmt: skip
         self.tokenizer = tokenizer
         self.tokenizer.temperature = temperature
