@@ -19,7 +19,9 @@ from genrec_lightning.cli import GenRecCLI, main
 from genrec_lightning.data.datamodules import MovieLensDataModule
 from genrec_lightning.losses import token_cross_entropy
 from genrec_lightning.modules.base import DATA_KEY
+from genrec_lightning.modules.id_table import LEGACY_STATE_KEY, STATE_KEY, ItemIdTable
 from genrec_lightning.modules.recommender import GenerativeRecommender
+from genrec_lightning.modules.unigrec import UniGRecModule
 from genrec_lightning.networks.t5 import T5Recommender
 from genrec_lightning.pipeline import attach_upstream
 from genrec_lightning.semantic_ids import PAD, ArtifactMismatchError, SemanticIds
@@ -168,6 +170,31 @@ def test_bad_ids_and_checkpoints_fail_clearly(data: dict[str, Any]) -> None:
     with pytest.raises(ArtifactMismatchError, match="another dataset"):
         model.on_load_checkpoint(foreign)
     model.on_load_checkpoint({"state_dict": model.state_dict(), DATA_KEY: dict(model._data_identity)})
+
+
+def test_id_table_policy_and_checkpoints_from_before_the_component(data: dict[str, Any]) -> None:
+    """TIGER's table is fixed by the data (a checkpoint on other IDs is refused); UniGRec's follows
+    its tokenizer (taken as saved). A state dict with the former `item_id_table` key still loads."""
+    dm = datamodule(data)
+    model = tiny_model(dm)
+    assert model.item_ids.fixed and not UniGRecModule.fixed_ids
+    state = model.state_dict()
+    assert STATE_KEY in state and LEGACY_STATE_KEY not in state
+    legacy = {(LEGACY_STATE_KEY if k == STATE_KEY else k): v for k, v in state.items()}
+    fresh = tiny_model(dm)
+    fresh.load_state_dict(legacy)
+    assert fresh.has_ids and torch.equal(fresh.item_codes(), dm.semantic_ids.codes)
+    other = datamodule(data, "other_ids").semantic_ids.codes
+    following = ItemIdTable(dm.num_items, dm.codebook_sizes, fixed=False)
+    following.store(dm.semantic_ids.codes)
+    following.check_saved(other)  # accepted: the model rewrites its own table
+    with pytest.raises(ArtifactMismatchError, match="semantic-ID table differs"):
+        model.item_ids.check_saved(other)
+    own = dm.semantic_ids.codes
+    assert model.item_ids.fits(own) and not model.item_ids.fits(own[:, :-1])
+    too_big = own.clone()
+    too_big[0, -1] = dm.codebook_sizes[-1]
+    assert not model.item_ids.fits(too_big)
 
 
 def tiny_experiment(tmp_path: Path, data: dict[str, Any], ids: str = "ids") -> Path:

@@ -20,6 +20,7 @@ from genrec_lightning.errors import ConfigError
 from genrec_lightning.generation import Ranking, beam_search, exact_ranking, exact_scores
 from genrec_lightning.losses import CrossEntropyTokenLoss, LossContext, TokenLoss
 from genrec_lightning.modules.base import RecommenderModule
+from genrec_lightning.modules.id_table import ItemIdTable, rename_legacy_table, saved_table
 from genrec_lightning.networks.t5 import T5Recommender
 from genrec_lightning.semantic_ids import (
     EOS,
@@ -27,9 +28,6 @@ from genrec_lightning.semantic_ids import (
     ArtifactMismatchError,
     PrefixIndex,
     SemanticIds,
-    code_tokens,
-    padded_token_table,
-    token_offsets,
     vocab_size,
 )
 
@@ -61,6 +59,9 @@ class GenerativeRecommender(RecommenderModule):
             i.e. L x mean). Optimisers are scale-free, so alone it changes little; it matters
             where the loss is added to other terms or its gradient is clipped.
     """
+
+    #: Whether the ID table comes from the data and a checkpoint must match it (`ItemIdTable`).
+    fixed_ids: bool = True
 
     def __init__(
         self,
@@ -106,18 +107,14 @@ class GenerativeRecommender(RecommenderModule):
         if self.network.vocab_size != self.vocab_size:
             raise ValueError("the network was built with another vocabulary size")
         self.loss = loss if loss is not None else CrossEntropyTokenLoss()
-        self.register_buffer("token_offsets", token_offsets(sizes), persistent=False)
-        # The ID table the model was trained with (saved in checkpoints); -1 until IDs are attached.
-        self.register_buffer("item_id_table", torch.full((num_items, len(sizes)), -1, dtype=torch.long))
-        self._indexes: dict[torch.device, PrefixIndex] = {}
+        # The ID table the model was trained with (saved in checkpoints); empty until IDs are attached.
+        self.item_ids = ItemIdTable(num_items, sizes, fixed=self.fixed_ids)
+        self._register_load_state_dict_pre_hook(rename_legacy_table)
         self._warned_truncation = False
-        # Whether the table holds real IDs, tracked on the host so steps never sync to check it.
-        self._has_ids = False
         #: Scalars the loss reported on the last training batch (logged by `ObjectiveWeights`).
         self.loss_terms: dict[str, Tensor] = {}
         #: The weighted terms of the training loss on the last batch (`callbacks.GradientShares`).
         self.weighted_loss_terms: dict[str, Tensor] = {}
-        self.register_load_state_dict_post_hook(lambda module, _: module._refresh_ids())
 
     @classmethod
     def check_settings(cls, settings: dict[str, Any]) -> None:
@@ -142,10 +139,6 @@ class GenerativeRecommender(RecommenderModule):
         own = {"beam_size", "reduction"}
         super().check_settings({k: v for k, v in settings.items() if k not in own})
 
-    def _refresh_ids(self) -> None:
-        self._has_ids = bool((self.item_id_table >= 0).all())
-        self._indexes.clear()
-
     # ----------------------------------------------------------------- semantic IDs
     def set_semantic_ids(self, ids: SemanticIds) -> None:
         """Attach the items' IDs (done from the datamodule in `setup`; call it when using the model alone)."""
@@ -155,23 +148,23 @@ class GenerativeRecommender(RecommenderModule):
                 f"match this model ({self.codebook_sizes}, {self.num_items} items); build the model from "
                 "the datamodule that carries these IDs (sizes are linked by `genrec`)"
             )
-        self.item_id_table.copy_(ids.codes.to(self.item_id_table.device))
-        self._refresh_ids()
+        self.item_ids.store(ids.codes)
 
     @property
     def has_ids(self) -> bool:
-        return self._has_ids
+        return self.item_ids.has_ids
+
+    @property
+    def token_offsets(self) -> Tensor:
+        """[L] first token id of each ID level."""
+        return self.item_ids.token_offsets
 
     def item_codes(self) -> Tensor:
-        if not self.has_ids:
-            raise RuntimeError("no semantic IDs attached: call set_semantic_ids() or run with a datamodule")
-        return self.item_id_table
+        return self.item_ids.table()
 
     def prefix_index(self, device: torch.device) -> PrefixIndex:
         """Prefix index of the ID table on `device`, built once per device."""
-        if device not in self._indexes:
-            self._indexes[device] = PrefixIndex.build(self.item_codes().cpu(), self.codebook_sizes).to(device)
-        return self._indexes[device]
+        return self.item_ids.prefix_index(device)
 
     def setup(self, stage: str) -> None:
         data = self.datamodule
@@ -184,16 +177,7 @@ class GenerativeRecommender(RecommenderModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_load_checkpoint(checkpoint)
-        saved = checkpoint.get("state_dict", {}).get("item_id_table")
-        if saved is None or not self.has_ids:
-            return
-        if saved.shape != self.item_id_table.shape or not torch.equal(saved.cpu(), self.item_id_table.cpu()):
-            changed = "shape" if saved.shape != self.item_id_table.shape else "codes"
-            raise ArtifactMismatchError(
-                f"the checkpoint's semantic-ID table differs from the datamodule's ({changed}: "
-                f"{tuple(saved.shape)} vs {tuple(self.item_id_table.shape)}); the model would decode "
-                "other items. Use the tokenizer config/artifact the checkpoint was trained with"
-            )
+        self.item_ids.check_saved(saved_table(checkpoint.get("state_dict", {})))
 
     # ----------------------------------------------------------------- inputs
     def encoder_inputs(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
@@ -205,7 +189,7 @@ class GenerativeRecommender(RecommenderModule):
                             history.shape[1], self.max_history)  # fmt: skip
                 self._warned_truncation = True
             history, mask = history[:, -self.max_history :], mask[:, -self.max_history :]
-        table = padded_token_table(self.item_id_table, self.token_offsets)  # row N: padding item
+        table = self.item_ids.history_tokens()  # row N: padding item
         tokens = table[history].flatten(1)  # [B, H*L]
         attention = mask.repeat_interleave(len(self.codebook_sizes), dim=1)
         if self.network.num_user_buckets:
@@ -216,7 +200,7 @@ class GenerativeRecommender(RecommenderModule):
 
     def labels(self, items: Tensor) -> Tensor:
         """Target token ids [B, L] of items [B]."""
-        return code_tokens(self.item_codes()[items], self.token_offsets)
+        return self.item_ids.tokens(items)
 
     def reduce_tokens(self, loss: Tensor, labels: Tensor) -> Tensor:
         """The token loss (a mean over real tokens) as `reduction` asks: unchanged for `mean`,

@@ -32,7 +32,6 @@ from torch import Tensor, nn
 from genrec_lightning.generation import Ranking, beam_search
 from genrec_lightning.losses import TokenLoss
 from genrec_lightning.losses.distillation import masked_mean, symmetric_info_nce, symmetric_kl
-from genrec_lightning.modules.base import RecommenderModule
 from genrec_lightning.modules.recommender import GenerativeRecommender
 from genrec_lightning.modules.tokenizer import build_tokenizer, load_tokenizer_weights
 from genrec_lightning.networks.t5 import T5Recommender
@@ -89,6 +88,9 @@ class UniGRecModule(GenerativeRecommender):
             weights in the paper) or `mean` (per-token average, which scales every other weight
             of eq. 22 up by the number of tokens relative to the paper).
     """
+
+    #: The ID table follows the model's own tokenizer: a checkpoint's table is taken as saved.
+    fixed_ids = False
 
     def __init__(
         self,
@@ -217,15 +219,15 @@ class UniGRecModule(GenerativeRecommender):
         self._store_ids(ids.codes)
 
     def _store_ids(self, codes: Tensor) -> bool:
-        if int(codes[:, -1].max()) >= self.codebook_sizes[-1]:
+        """Take re-derived IDs unless their dedup suffix outgrows the table's suffix capacity."""
+        if not self.item_ids.fits(codes):
             return False
-        self.item_id_table.copy_(codes.to(self.item_id_table.device))
-        self._refresh_ids()
+        self.item_ids.store(codes)
         return True
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # The ID table follows the checkpoint's tokenizer, not the datamodule's stage-1 IDs.
-        RecommenderModule.on_load_checkpoint(self, checkpoint)
+        # The table follows the checkpoint's tokenizer (`fixed_ids = False`): derive it again.
+        super().on_load_checkpoint(checkpoint)
         self._ids_step = None
 
     # ----------------------------------------------------------------- hard IDs
@@ -291,7 +293,7 @@ class UniGRecModule(GenerativeRecommender):
         with torch.set_grad_enabled(torch.is_grad_enabled() and self.train_tokenizer):
             out = self.tokenizer(self.item_embeddings[items])
         if not self.soft_inputs:
-            tokens = code_tokens(self.item_id_table[items, : self.num_rq_levels], offsets)
+            tokens = code_tokens(self.item_ids.codes[items, : self.num_rq_levels], offsets)
             return weight[tokens], out.recon_loss
         rows = offsets[:, None] + torch.arange(self.tokenizer.codebook_size, device=weight.device)
         level_rows = weight[rows]  # [L, K, d]
