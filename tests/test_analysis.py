@@ -25,13 +25,12 @@ from genrec_lightning.analysis.runs import (
     config_value,
     last_values,
     load_codebooks,
-    load_state_tensor,
+    load_id_table,
     read_scalars,
     series,
 )
 from genrec_lightning.cli import GenRecCLI, main
 from genrec_lightning.config_files import load_config
-from genrec_lightning.modules.id_table import STATE_KEY
 from genrec_lightning.semantic_ids import SemanticIds
 
 TINY_T5 = dict(d_model=16, d_ff=32, d_kv=8, num_heads=2, num_encoder_layers=1, num_decoder_layers=1)
@@ -205,7 +204,7 @@ def test_run_readers_find_codebooks_id_table_and_metrics(tiny_runs: dict[str, An
     run = tiny_runs["unigrec"]
     books = load_codebooks(run)
     assert books is not None and books.shape == (2, 16, 8)  # the tiny stage-1 quantizer
-    table = load_state_tensor(run, STATE_KEY)
+    table = load_id_table(run)
     ids = SemanticIds.load(tiny_runs["ids_dir"])
     assert table is not None and table.shape == ids.codes.shape
     # The stage-1 artifact stores the weights the joint stage started from: same codebook shape.

@@ -20,13 +20,12 @@ from genrec_lightning.analysis import figures as F
 from genrec_lightning.analysis.runs import (
     config_value,
     load_codebooks,
-    load_state_tensor,
+    load_id_table,
     read_config,
     read_scalars,
     read_test_metrics,
 )
 from genrec_lightning.artifacts import atomic_file
-from genrec_lightning.modules.id_table import LEGACY_STATE_KEY, STATE_KEY
 
 log = logging.getLogger(__name__)
 
@@ -106,9 +105,7 @@ def report_runs(report: Report, run_dirs: Sequence[Path], labels: Sequence[str],
             )
         books = load_codebooks(run_dir)
         if books is not None:
-            table = load_state_tensor(run_dir, STATE_KEY)
-            if table is None:  # a checkpoint written before the ID-table component
-                table = load_state_tensor(run_dir, LEGACY_STATE_KEY)
+            table = load_id_table(run_dir)
             codes = None if table is None else table[:, : books.shape[0]]
             report.add(
                 f"codebook_pca{suffix}", lambda b=books, c=codes, n=label: F.plot_codebook_pca(b, c, n)

@@ -18,6 +18,8 @@ import yaml
 from safetensors.torch import load_file
 from torch import Tensor
 
+from genrec_lightning.modules.id_table import LEGACY_STATE_KEY, STATE_KEY
+
 SCALAR_SCHEMA = {"tag": pl.String, "step": pl.Int64, "value": pl.Float64, "wall_time": pl.Float64}
 
 
@@ -140,6 +142,16 @@ def load_state_tensor(source: str | Path, suffix: str) -> Tensor | None:
     return matches[0] if matches else None
 
 
+def load_id_table(source: str | Path) -> Tensor | None:
+    """The item ID table [N, L] a generative run decodes (checkpoints before and after the
+    `ItemIdTable` component store it under different keys)."""
+    for key in (STATE_KEY, LEGACY_STATE_KEY):
+        table = load_state_tensor(source, key)
+        if table is not None:
+            return table
+    return None
+
+
 def load_codebooks(source: str | Path) -> Tensor | None:
     """Codebooks [L, K, d] of an RQ-VAE/PQ-VAE tokenizer (tokenizer or UniGRec run, checkpoint, artifact)."""
     books = load_state_tensor(source, "quantizer.codebooks")
@@ -147,6 +159,7 @@ def load_codebooks(source: str | Path) -> Tensor | None:
 
 
 __all__ = [
+    "load_id_table",
     "check_run_dir",
     "config_value",
     "find_checkpoint",
