@@ -16,6 +16,13 @@ with its bootstrap 95% CI and a `*` where the paired t-test over users has p < 0
 token-weighting paper marks its Table 3. A finished run from before per-user files existed is
 tested again from its checkpoint to write its `test_users.parquet` (not with --report-only).
 
+A sweep longer than one working session survives with `--archive DIR`: every finished run also
+writes its validation curve (`curve.csv`, validation metrics per epoch from its event files) and
+copies what the report needs (result.json, test_users.parquet, curve.csv, config.yaml: kilobytes,
+no checkpoints) to `DIR/<row>/seed<S>/`, which can be committed. A run found in the archive is
+not trained again, and the report reads the archive as well as `--runs`, so the tables build up
+over sessions on machines that keep nothing but the repository.
+
     python benchmarks/experiments.py \\
         --row "TIGER=configs/tiger.yaml" --row "+Curriculum=configs/tiger_curriculum.yaml" \\
         --preset configs/presets/cpu.yaml --seeds 0 1 2 --runs runs/experiments/ml100k \\
@@ -48,6 +55,7 @@ import numpy as np
 import polars as pl
 
 from genrec_lightning.analysis.compare import Side, compare_sides, load_side
+from genrec_lightning.analysis.runs import read_scalars
 from genrec_lightning.analysis.significance import PairedComparison
 from genrec_lightning.callbacks.test_users import FILE_NAME as USERS_FILE
 from genrec_lightning.errors import GenRecError
@@ -82,8 +90,55 @@ def parse_row(spec: str) -> Row:
     return Row(name.strip(), files)
 
 
+#: What an archived run keeps: enough to tabulate, compare user by user and draw its curve.
+ARCHIVED = ("result.json", USERS_FILE, "curve.csv", "config.yaml", "test_metrics.json")
+CURVE_FILE = "curve.csv"
+
+
 def run_dir(runs: Path, row: Row, seed: int) -> Path:
     return runs / row.slug / f"seed{seed}"
+
+
+def write_curve(directory: Path) -> None:
+    """`curve.csv` of a run: its validation metrics (columns `val/...`) per validation, in step
+    order, with the epoch each was logged in (1-based); nothing if the run has no event files."""
+    if not any(directory.glob("events.out.tfevents.*")):
+        return
+    scalars = read_scalars(directory)
+    val = scalars.filter(pl.col("tag").str.starts_with("val/"))
+    if val.is_empty():
+        return
+    wide = val.pivot(on="tag", index="step", values="value").sort("step")
+    epochs = scalars.filter(pl.col("tag") == "epoch").select(
+        "step", (pl.col("value").cast(pl.Int64) + 1).alias("epoch")
+    )
+    wide = wide.join(epochs, on="step", how="left")
+    if wide["epoch"].null_count():  # a logger without the epoch scalar: one validation per epoch
+        wide = wide.with_columns(epoch=pl.int_range(1, wide.height + 1, dtype=pl.Int64))
+    tmp = directory / f".{CURVE_FILE}.partial"
+    wide.select("epoch", "step", *sorted(c for c in wide.columns if c.startswith("val/"))).write_csv(tmp)
+    os.replace(tmp, directory / CURVE_FILE)
+
+
+def archive_run(directory: Path, archive: Path) -> Path:
+    """Copy a finished run's small files to `archive/<row>/seed<S>/`, replacing an older copy only
+    once the new one is complete (a kill part-way leaves the previous archive intact)."""
+    if not (directory / CURVE_FILE).is_file():
+        write_curve(directory)
+    target = archive / directory.parent.name / directory.name
+    partial = target.with_name(f".{target.name}.partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    for name in ARCHIVED:
+        if (directory / name).is_file():
+            shutil.copy2(directory / name, partial / name)
+    old = target.with_name(f".{target.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if target.exists():
+        target.rename(old)
+    partial.rename(target)
+    shutil.rmtree(old, ignore_errors=True)
+    return target
 
 
 def genrec_executable() -> str:
@@ -136,13 +191,26 @@ def write_test_users(directory: Path, threads: int) -> None:
 
 
 def run_one(
-    row: Row, seed: int, runs: Path, preset: Sequence[str], extra: Sequence[str], threads: int
+    row: Row,
+    seed: int,
+    runs: Path,
+    preset: Sequence[str],
+    extra: Sequence[str],
+    threads: int,
+    archive: Path | None = None,
 ) -> dict:
-    """Fit (and test) one row with one seed; returns its result record (also saved as result.json)."""
+    """Fit (and test) one row with one seed; returns its result record (also saved as result.json).
+
+    With an archive, a run already there is done, and a run finished here is archived."""
     directory = run_dir(runs, row, seed)
+    archived = run_dir(archive, row, seed) / "result.json" if archive else None
+    if archived is not None and archived.is_file():
+        return json.loads(archived.read_text())
     result_file = directory / "result.json"
     if result_file.is_file():
         write_test_users(directory, threads)
+        if archive is not None:
+            archive_run(directory, archive)
         return json.loads(result_file.read_text())
     cmd = fit_command(row, seed, runs, preset, extra)
     last = directory / "checkpoints" / "last.ckpt"
@@ -174,18 +242,56 @@ def run_one(
         "metrics": json.loads(metrics_file.read_text())["metrics"],
     }
     result_file.write_text(json.dumps(record, indent=2) + "\n")
+    write_curve(directory)
+    if archive is not None:
+        archive_run(directory, archive)
     print(f"[{row.name} seed {seed}] done in {wall:.0f} s: NDCG@10 {record['metrics'].get('test/ndcg@10')}")
     return record
 
 
-def load_results(runs: Path) -> dict[str, list[dict]]:
-    """Finished records by row name, in the order rows were first seen (sorted by directory)."""
+def load_results(*roots: Path | None) -> dict[str, list[dict]]:
+    """Finished records by row name, in the order rows were first seen (sorted by directory).
+
+    Several roots (a sweep's log root and its archive) are merged; a (row, seed) found in more
+    than one keeps the first root's record."""
     out: dict[str, list[dict]] = {}
-    for file in sorted(runs.glob("*/seed*/result.json")):
-        record = json.loads(file.read_text())
-        record["dir"] = str(file.parent)  # not stored: the sweep may be moved
-        out.setdefault(record["row"], []).append(record)
+    seen: set[tuple[str, int]] = set()
+    for root in roots:
+        if root is None:
+            continue
+        for file in sorted(root.glob("*/seed*/result.json")):
+            record = json.loads(file.read_text())
+            if (record["row"], record["seed"]) in seen:
+                continue
+            seen.add((record["row"], record["seed"]))
+            record["dir"] = str(file.parent)  # not stored: the sweep may be moved
+            out.setdefault(record["row"], []).append(record)
+    for records in out.values():
+        records.sort(key=lambda r: r["seed"])
     return out
+
+
+def curve_table(rows: dict[str, list[dict]], metric: str = "val/ndcg@10") -> str:
+    """Validation `metric` per epoch, mean over the seeds of each row that have a curve.csv,
+    with the best epoch of that mean; empty when no run has a curve."""
+    curves: dict[str, dict[int, float]] = {}
+    for name, records in rows.items():
+        frames = [pl.read_csv(f) for r in records if (f := Path(r.get("dir", "")) / CURVE_FILE).is_file()]
+        frames = [f for f in frames if metric in f.columns]
+        if frames:
+            stacked = pl.concat([f.select("epoch", metric) for f in frames])
+            means = stacked.group_by("epoch").agg(pl.col(metric).mean()).sort("epoch")
+            curves[f"{name} ({len(frames)})"] = dict(zip(means["epoch"], means[metric], strict=True))
+    if not curves:
+        return ""
+    epochs = sorted({e for c in curves.values() for e in c})
+    head = ["Model (seeds)", *map(str, epochs), "best epoch"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, curve in curves.items():
+        best = max(curve, key=curve.__getitem__)
+        cells = [f"{curve[e]:.4f}" if e in curve else "" for e in epochs]
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {best} |")
+    return "\n".join(lines)
 
 
 def mean_std(values: Sequence[float]) -> str:
@@ -426,6 +532,9 @@ def report(
         relative = significance_table(rows, baseline, cutoffs, comparisons)
         parts += [f"Relative to {baseline}:", "", relative, ""]
     parts += ["## Per seed (Hit@10 / NDCG@10)", "", per_seed_table(rows), ""]
+    curves = curve_table(rows)
+    if curves:
+        parts += ["## Validation NDCG@10 by epoch (mean over the seeds with a curve)", "", curves, ""]
     parts += ["## Commands", ""]
     for name, records in rows.items():
         first = min(records, key=lambda r: r["seed"])
@@ -447,6 +556,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--jobs", type=int, default=1, help="fits running at once")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads per fit (0: torch default)")
     parser.add_argument("--report-only", action="store_true", help="only tabulate finished runs")
+    parser.add_argument("--archive", type=Path, help="keep finished runs' small files here (see above)")
     parser.add_argument("--resamples", type=int, default=10_000, help="bootstrap resamples of the users")
     parser.add_argument("extra", nargs=argparse.REMAINDER, help="after --: extra `genrec fit` arguments")
     args = parser.parse_args(argv)
@@ -461,7 +571,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         failures: list[str] = []
         with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
             futures = [
-                pool.submit(run_one, row, seed, args.runs, args.preset, extra, args.threads)
+                pool.submit(run_one, row, seed, args.runs, args.preset, extra, args.threads, args.archive)
                 for row, seed in jobs
             ]
             for future in futures:
@@ -472,7 +582,12 @@ def main(argv: Sequence[str] | None = None) -> None:
                     print(err, file=sys.stderr)
         if failures:
             print(f"{len(failures)} run(s) failed", file=sys.stderr)
-    rows = load_results(args.runs)
+    if args.archive is not None:  # finished runs of the log root not archived yet (e.g. --report-only)
+        for file in sorted(args.runs.glob("*/seed*/result.json")):
+            fresh = not (args.archive / file.parent.parent.name / file.parent.name / "result.json").is_file()
+            if fresh and (file.parent / USERS_FILE).is_file():
+                archive_run(file.parent, args.archive)
+    rows = load_results(args.runs, args.archive)
     if args.row:  # the order given on the command line, finished rows only
         rows = {r.name: rows[r.name] for r in args.row if r.name in rows} | rows
     baseline = args.baseline or (args.row[0].name if args.row else next(iter(rows), None))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
 import statistics
 import subprocess
 import sys
@@ -183,3 +184,72 @@ def test_rows_are_compared_with_the_baseline_user_by_user(tmp_path: Path) -> Non
                              if "NoFiles" in line)  # fmt: skip
     assert f"{n} users; seeds per row: TIGER 3, +Gain 3, +Same 3" in text
     assert "No per-user comparison for NoFiles" in text and "80% power" in text
+
+
+def test_an_archived_sweep_survives_losing_its_log_root(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--archive: a finished run leaves its small files and its validation curve (from the event
+    files) in the archive; with the log root gone, the run is not trained again and still reported."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    from genrec_lightning.callbacks.test_users import FILE_NAME, METADATA_KEY
+
+    runs, archive = tmp_path / "runs", tmp_path / "archive"
+    config = tmp_path / "tiger.yaml"
+    config.write_text("seed_everything: 1\n")
+    curve = {0: [0.02, 0.05, 0.04], 1: [0.04, 0.03, 0.06]}  # val/ndcg@10 of seeds 0, 1 after epochs 1-3
+
+    def fake_fit(cmd: list[str], **kwargs: object) -> subprocess.CompletedProcess:
+        seed = int(cmd[cmd.index("--seed_everything") + 1])
+        directory = Path(cmd[cmd.index("--trainer.logger.init_args.save_dir") + 1]) / "TIGER" / f"seed{seed}"
+        writer = SummaryWriter(str(directory))
+        for epoch, value in enumerate(curve[seed]):
+            step = 10 * (epoch + 1) - 1
+            writer.add_scalar("train/loss", 1.0, step)
+            writer.add_scalar("val/ndcg@10", value, step)
+            writer.add_scalar("epoch", float(epoch), step)
+        writer.close()
+        metrics = {"metrics": {"test/ndcg@10": 0.05 + seed / 100, "test/recall@10": 0.1}}
+        (directory / "test_metrics.json").write_text(json.dumps(metrics))
+        (directory / "config.yaml").write_text("seed_everything: 1\n")
+        users = pl.DataFrame(
+            {"user": [0, 1], "target": [3, 4], "recall@10": [0.0, 1.0], "ndcg@10": [0.0, 0.5]}
+        )
+        meta = json.dumps({"dataset": "toy", "data_hash": "h", "num_items": 50})
+        users.write_parquet(directory / FILE_NAME, metadata={METADATA_KEY: meta})
+        (directory / "checkpoints").mkdir()
+        (directory / "checkpoints" / "last.ckpt").write_bytes(b"weights")
+        return subprocess.CompletedProcess(cmd, 0)
+
+    monkeypatch.setattr(experiments.subprocess, "run", fake_fit)
+    argv = ["--row", f"TIGER={config}", "--seeds", "0", "1", "--runs", str(runs), "--archive", str(archive)]
+    experiments.main(argv)
+    kept = archive / "TIGER" / "seed0"
+    assert sorted(p.name for p in kept.iterdir()) == [
+        "config.yaml",
+        "curve.csv",
+        "result.json",
+        "test_metrics.json",
+        FILE_NAME,
+    ]
+    written = pl.read_csv(kept / "curve.csv")
+    assert written["epoch"].to_list() == [1, 2, 3] and written["step"].to_list() == [9, 19, 29]
+    assert np.allclose(written["val/ndcg@10"].to_numpy(), curve[0]) and "train/loss" not in written.columns
+
+    late = runs / "Curriculum" / "seed0"  # finished by a sweep without --archive: kept by --report-only
+    shutil.copytree(runs / "TIGER" / "seed0", late)
+    record = json.loads((late / "result.json").read_text()) | {"row": "+Curriculum"}
+    (late / "result.json").write_text(json.dumps(record))
+    experiments.main(["--runs", str(runs), "--archive", str(archive), "--report-only"])
+    assert (archive / "Curriculum" / "seed0" / "curve.csv").is_file()
+
+    shutil.rmtree(runs)  # a new session: only the archive (committed) is left
+    monkeypatch.setattr(experiments.subprocess, "run", lambda *a, **k: pytest.fail("an archived run re-ran"))
+    report = tmp_path / "report.md"
+    experiments.main([*argv, "--report", str(report)])
+    text = report.read_text()
+    assert f"{statistics.fmean([0.05, 0.06]):.4f} ± {statistics.stdev([0.05, 0.06]):.4f}" in text
+    means = [statistics.fmean(v) for v in zip(*curve.values(), strict=True)]  # 0.03, 0.04, 0.05
+    curve_line = next(line for line in text.splitlines() if line.startswith("| TIGER (2) |"))
+    assert curve_line == "| TIGER (2) | " + " | ".join(f"{m:.4f}" for m in means) + " | 3 |"
