@@ -232,7 +232,7 @@ def fit_command(ctx: Context, config: str, name: str, *, steps: int, devices: in
         "--trainer.enable_progress_bar", "false",
         "--trainer.logger.init_args.save_dir", str(ctx.runs),
         "--trainer.logger.init_args.name", name,
-        "--model.init_args.warmup_steps", str(max(1, steps // 10)),
+        "--model.init_args.optimization.warmup_steps", str(max(1, steps // 10)),
         "--data.init_args.cache_dir", str(ctx.cache_dir),
     ]  # fmt: skip
     if ctx.dry_run:

@@ -156,7 +156,7 @@ def tiny_curriculum_config(stages: dict[str, Any], tmp_path: Path, decay: float 
     cfg["model"]["init_args"]["network"]["init_args"] = dict(TINY_T5)
     if decay is not None:
         cfg["model"]["init_args"]["loss"]["init_args"].update(decay=decay, decay_at=None)
-    cfg["model"]["init_args"]["warmup_steps"] = 2
+    cfg["model"]["init_args"]["optimization"]["warmup_steps"] = 2
     cfg["data"]["init_args"].update(tiny_data_args(stages))
     limits = {"limit_train_batches": 8, "limit_val_batches": 1, "limit_test_batches": 2}
     cfg["trainer"].update(max_epochs=1, check_val_every_n_epoch=1, log_every_n_steps=1, **limits)

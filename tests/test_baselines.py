@@ -16,6 +16,7 @@ from torch import nn
 from genrec_lightning.cli import GenRecCLI, main
 from genrec_lightning.data.datamodules import MovieLensDataModule
 from genrec_lightning.modules.baselines import MostPopular, SequentialRecommender
+from genrec_lightning.modules.settings import Evaluation
 from genrec_lightning.networks.gru4rec import GRU4Rec
 from genrec_lightning.networks.sasrec import SASRec
 
@@ -199,7 +200,9 @@ def test_training_step_is_full_softmax_cross_entropy(network: type[nn.Module]) -
 @pytest.mark.parametrize("network", [SASRec, GRU4Rec], ids=["sasrec", "gru4rec"])
 def test_rank_returns_the_top_k_items_by_logit(network: type[nn.Module]) -> None:
     torch.manual_seed(0)
-    model = SequentialRecommender(N, H, network=network, top_k=10, metric_ks=(1, 5, 10)).eval()
+    model = SequentialRecommender(
+        N, H, network=network, top_k=10, evaluation=Evaluation(metric_ks=(1, 5, 10))
+    ).eval()
     batch = batch_of(ROWS, [0, 0, 0, 0])
     with torch.no_grad():
         ranking = model.rank(batch)
@@ -215,7 +218,7 @@ def test_rank_returns_the_top_k_items_by_logit(network: type[nn.Module]) -> None
 
 
 def test_rank_pads_when_top_k_exceeds_the_catalogue() -> None:
-    model = SequentialRecommender(5, H, top_k=8, metric_ks=(1, 5)).eval()
+    model = SequentialRecommender(5, H, top_k=8, evaluation=Evaluation(metric_ks=(1, 5))).eval()
     with torch.no_grad():
         ranking = model.rank(batch_of([[1, 2]], [3]))
     assert sorted(ranking.items[0, :5].tolist()) == list(range(5))
@@ -233,7 +236,7 @@ def brute_force_top(frequencies: torch.Tensor, k: int) -> list[int]:
 
 
 def test_most_popular_ranks_by_count_ties_to_lower_id() -> None:
-    model = MostPopular(len(FREQUENCIES), top_k=6, metric_ks=(1, 5))
+    model = MostPopular(len(FREQUENCIES), top_k=6, evaluation=Evaluation(metric_ks=(1, 5)))
     model.set_popularity(FREQUENCIES)
     ranking = model.rank(batch_of(ROWS, [0, 1, 2, 3]))
     expected = brute_force_top(FREQUENCIES, 6)
@@ -243,7 +246,7 @@ def test_most_popular_ranks_by_count_ties_to_lower_id() -> None:
 
     # through setup(): popularity comes from the datamodule's training-split counts
     data = SimpleNamespace(item_frequencies=lambda: FREQUENCIES.flip(0))
-    fresh = MostPopular(len(FREQUENCIES), top_k=14, metric_ks=(1, 5))
+    fresh = MostPopular(len(FREQUENCIES), top_k=14, evaluation=Evaluation(metric_ks=(1, 5)))
     fresh._trainer = SimpleNamespace(datamodule=data)  # type: ignore[assignment]
     fresh.setup("test")
     items = fresh.rank(batch_of(ROWS[:1], [0])).items[0].tolist()

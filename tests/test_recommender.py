@@ -203,7 +203,7 @@ def tiny_experiment(tmp_path: Path, data: dict[str, Any], ids: str = "ids") -> P
         cfg = yaml.safe_load(f)
     cfg = copy.deepcopy(cfg)
     cfg["model"]["init_args"]["network"]["init_args"] = dict(TINY_T5)
-    cfg["model"]["init_args"]["warmup_steps"] = 2
+    cfg["model"]["init_args"]["optimization"]["warmup_steps"] = 2
     init = cfg["data"]["init_args"]
     init.update(
         cache_dir=str(data["cache"]), semantic_ids_from=str(data[ids]), batch_size=64, eval_batch_size=128

@@ -226,7 +226,8 @@ def test_a_checkpoint_of_another_model_is_summarised(
     ("option", "value", "message"),
     [
         ("--model.init_args.beam_size", "0", "beam_size=0 is too small"),
-        ("--model.init_args.lr", "-1", "lr must be positive"),
+        ("--model.init_args.optimization.lr", "-1", "lr must be positive"),
+        ("--model.init_args.lr", "-1", "lr must be positive"),  # the former flat name, moved
         ("--data.init_args.batch_size", "-4", "batch_size must be >= 1"),
     ],
 )

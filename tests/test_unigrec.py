@@ -16,6 +16,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from genrec_lightning.cli import GenRecCLI
 from genrec_lightning.data.datamodules import MovieLensDataModule
 from genrec_lightning.losses.distillation import info_nce, masked_mean, symmetric_info_nce, symmetric_kl
+from genrec_lightning.modules.settings import Optimization
 from genrec_lightning.modules.unigrec import UniGRecModule
 from genrec_lightning.pipeline import attach_upstream, load_teacher, teacher_dir
 from genrec_lightning.semantic_ids import ArtifactMismatchError
@@ -238,7 +239,7 @@ def test_padded_positions_change_no_loss(stages: dict[str, Any], monkeypatch: py
 def test_adapters_are_optimised_with_their_own_learning_rates(
     stages: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    model = tiny_module(stages["dm"], lr=1e-3, tokenizer_lr=1e-7)
+    model = tiny_module(stages["dm"], optimization=Optimization(lr=1e-3), tokenizer_lr=1e-7)
     groups = optimizer_groups(model, monkeypatch)
     optimised = {id(p): g for g in groups for p in g["params"]}
     for adapter in (model.encoder_adapter, model.teacher_adapter, model.decoder_adapter):
@@ -317,7 +318,8 @@ def tiny_unigrec_config(stages: dict[str, Any], tmp_path: Path, **model_args: An
         cfg = yaml.safe_load(f)
     net = cfg["model"]["init_args"]["network"]["init_args"]
     net.update(d_model=16, d_ff=32, d_kv=8, num_heads=2, num_encoder_layers=1, num_decoder_layers=1)
-    cfg["model"]["init_args"].update(beam_size=20, warmup_steps=2, assignment_temperature=1.0, **model_args)
+    cfg["model"]["init_args"].update(beam_size=20, assignment_temperature=1.0, **model_args)
+    cfg["model"]["init_args"]["optimization"]["warmup_steps"] = 2
     cfg["data"]["init_args"].update(tiny_data_args(stages), teacher_from=str(stages["paths"]["teacher"]))
     limits = {"limit_train_batches": 4, "limit_val_batches": 2, "limit_test_batches": 2}
     cfg["trainer"].update(max_epochs=2, check_val_every_n_epoch=1, log_every_n_steps=1, **limits)

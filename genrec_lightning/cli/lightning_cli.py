@@ -48,6 +48,7 @@ from genrec_lightning.data.datamodules import ItemEmbeddingDataModule, SequenceD
 from genrec_lightning.errors import RunError, user_errors_unwrapped
 from genrec_lightning.modules.base import DATA_KEY
 from genrec_lightning.pipeline import attach_upstream, prepare_tokenizer_run
+from genrec_lightning.pipeline.legacy import nest_flat_model_settings
 
 #: Sizes that flow from the datamodule to the model after instantiation (`link_arguments`).
 #: jsonargparse applies a link only when the chosen datamodule has the attribute and the chosen
@@ -84,11 +85,13 @@ class GenRecCLI(LightningCLI):
         super().__init__(args=args, **kwargs)
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
-        """Parse with every `--config` file's bases stacked in front of it."""
+        """Parse with every `--config` file's bases stacked in front of it (and options written
+        before they moved into a group put in their group, `pipeline/legacy.py`)."""
         if isinstance(args, (dict, Namespace)):
             super().parse_arguments(parser, args)
             return
-        self.config = parser.parse_args(expand_bases(list(sys.argv[1:] if args is None else args)))
+        argv = expand_bases(list(sys.argv[1:] if args is None else args))
+        self.config = parser.parse_args(nest_flat_model_settings(argv))
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument("--base", type=str | None, default=None, help=BASE_HELP)

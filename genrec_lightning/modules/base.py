@@ -11,9 +11,10 @@ All metric states are sums, so N DDP processes report exactly what one process r
 
 from __future__ import annotations
 
+import inspect
 import warnings
 from abc import abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import lightning as L
@@ -30,10 +31,15 @@ from genrec_lightning.metrics import (
     UserOutcomes,
     popularity_groups,
 )
+from genrec_lightning.modules.settings import GROUPS, Evaluation, Optimization, as_group, group_fields, plain
 from genrec_lightning.optim import adamw_warmup_cosine, decay_groups
 from genrec_lightning.semantic_ids import ArtifactMismatchError
 
 DATA_KEY = "genrec_data"
+
+
+def _plain_value(value: Any) -> Any:
+    return [_plain_value(v) for v in value] if isinstance(value, (list, tuple)) else value
 
 
 class RecommenderModule(L.LightningModule):
@@ -42,10 +48,9 @@ class RecommenderModule(L.LightningModule):
     Args:
         num_items: catalogue size (linked from the datamodule).
         top_k: length of the ranked lists (the largest metric cutoff; beam size for generative models).
-        metric_ks: cutoffs K of Recall@K / NDCG@K.
-        head_fraction: share of the test items (ranked by training popularity) in the head group;
-            the token-weighting paper splits them 50/50.
-        coverage_k: list length for item coverage and the popularity-decile diagnostics.
+        evaluation: cutoffs and diagnostics of validation and test (`settings.Evaluation`).
+        optimization: AdamW and its schedule (`settings.Optimization`); None for a model that
+            learns nothing.
     """
 
     #: Whether the model learns weights (scoring it without a checkpoint scores random weights;
@@ -56,22 +61,21 @@ class RecommenderModule(L.LightningModule):
         self,
         num_items: int,
         top_k: int = 20,
-        metric_ks: Sequence[int] = (1, 5, 10, 20),
-        head_fraction: float = 0.5,
-        coverage_k: int = 10,
+        evaluation: Evaluation | Mapping[str, Any] | None = None,
+        optimization: Optimization | Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if num_items < 1:
             raise ValueError(f"num_items must be positive, got {num_items}")
-        RecommenderModule.check_settings(
-            {"top_k": top_k, "metric_ks": metric_ks, "head_fraction": head_fraction, "coverage_k": coverage_k}
-        )
-        ks = tuple(int(k) for k in metric_ks)
+        self.evaluation = as_group(evaluation, Evaluation)
+        self.optimization = as_group(optimization, Optimization) if optimization is not None else None
+        RecommenderModule.check_settings({"top_k": top_k, "evaluation": self.evaluation})
+        ks = self.evaluation.metric_ks
         self.num_items = num_items
         self.top_k = top_k
         self.metric_ks = ks
-        self.head_fraction = head_fraction
-        self.coverage_k = coverage_k
+        self.head_fraction = self.evaluation.head_fraction
+        self.coverage_k = self.evaluation.coverage_k
         self.val_metrics = RankingMetrics(ks, prefix="val/")
         self.test_metrics = RankingMetrics(ks, prefix="test/")
         self.test_diagnostics: torch.nn.ModuleDict = torch.nn.ModuleDict()
@@ -81,37 +85,52 @@ class RecommenderModule(L.LightningModule):
         self.test_user_outcomes: dict[str, Tensor] | None = None
         self._data_identity: dict[str, Any] | None = None
 
+    def save_hyperparameters(self, *args: Any, ignore: Sequence[str] | str | None = None,
+                             frame: Any = None, logger: bool = True) -> None:  # fmt: skip
+        """Lightning's, with the setting groups stored as plain mappings: a checkpoint then loads
+        with `weights_only=True`, hparams.yaml holds them, and TensorBoard lists each option."""
+        frame = frame or inspect.currentframe().f_back  # type: ignore[union-attr]
+        super().save_hyperparameters(*args, ignore=ignore, frame=frame, logger=logger)
+        for store in (self._hparams, getattr(self, "_hparams_initial", {})):
+            for group in GROUPS:
+                if group in store:
+                    store[group] = plain(store[group])
+
     @classmethod
     def check_settings(cls, settings: dict[str, Any]) -> None:
         """Range checks of settings that need no data. `genrec` runs them on the config before any
-        stage is built (a tokenizer may train before the model is constructed); __init__ too."""
-        ks = [int(k) for k in settings.get("metric_ks", (1, 5, 10, 20))]
-        if not ks or min(ks) < 1:
-            raise ConfigError(f"metric_ks must be positive cutoffs, got {ks}; e.g. [1, 5, 10, 20]")
+        stage is built (a tokenizer may train before the model is constructed); __init__ too.
+        The groups check their own ranges when they are built from the config."""
+        evaluation = as_group(settings.get("evaluation"), Evaluation)
+        if settings.get("optimization") is not None:
+            as_group(settings["optimization"], Optimization)
+        ks = evaluation.metric_ks
         top_k = settings.get("top_k")
         if top_k is not None and int(top_k) < max(ks):
             raise ConfigError(
                 f"top_k={top_k} is shorter than the largest metric cutoff {max(ks)}: set top_k >= {max(ks)}"
             )
-        head = settings.get("head_fraction", 0.5)
-        if not 0.0 < float(head) < 1.0:
-            raise ConfigError(f"head_fraction must be in (0, 1), got {head}")
-        if int(settings.get("coverage_k", 10)) < 1:
-            raise ConfigError(f"coverage_k must be >= 1, got {settings.get('coverage_k')}")
 
     def configure_optimizers(self) -> dict:
         """AdamW (weight decay on matrices only) with linear warm-up and cosine decay over the
-        planned optimiser steps, from the `lr`, `weight_decay`, `warmup_steps` and `min_lr_ratio`
-        a trainable recommender takes; one place, so every model trains under the same schedule."""
-        hp = self.hparams
+        planned optimiser steps, from the model's `optimization` group; one place, so every model
+        trains under the same schedule."""
+        opt = self.optimization
+        if opt is None:
+            raise RuntimeError(f"{type(self).__name__} learns nothing: it has no optimiser to configure")
         return adamw_warmup_cosine(
-            decay_groups(self, hp.weight_decay),
-            hp.lr,
-            hp.weight_decay,
-            hp.warmup_steps,
+            self.optimizer_groups(opt.weight_decay),
+            opt.lr,
+            opt.weight_decay,
+            opt.warmup_steps,
             self.trainer.estimated_stepping_batches,
-            hp.min_lr_ratio,
+            opt.min_lr_ratio,
         )
+
+    def optimizer_groups(self, weight_decay: float) -> list[dict]:
+        """AdamW parameter groups: every parameter at the peak lr, decay on matrices only. Override
+        for per-part learning rates (UniGRec's tokenizer); a group's own `lr` is its peak."""
+        return decay_groups(self, weight_decay)
 
     # ----------------------------------------------------------------- to implement
     @abstractmethod
@@ -172,6 +191,7 @@ class RecommenderModule(L.LightningModule):
             checkpoint[DATA_KEY] = self._data_identity
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._warn_flat_settings(checkpoint.get("hyper_parameters") or {})
         saved, current = checkpoint.get(DATA_KEY), self._data_identity
         if saved is None or current is None:
             return
@@ -180,6 +200,24 @@ class RecommenderModule(L.LightningModule):
             raise ArtifactMismatchError(
                 f"the checkpoint was trained on another dataset (checkpoint vs datamodule: {diff}); "
                 "use the datamodule config the model was trained with"
+            )
+
+    def _warn_flat_settings(self, saved: Mapping[str, Any]) -> None:
+        """A checkpoint from before the setting groups stored `lr`, `metric_ks`, ... flat; loading
+        it rebuilds the model from its constructor, which no longer reads them. Say which of them
+        differ from what this model uses (nothing when they agree)."""
+        differ = []
+        for key, group in group_fields().items():
+            current = getattr(getattr(self, group) or Optimization(), key)
+            if key in saved and _plain_value(saved[key]) != _plain_value(current):
+                differ.append(f"{group}.{key}: saved {saved[key]!r}, used {current!r}")
+        if differ:
+            warnings.warn(
+                "this checkpoint predates the setting groups and its flat settings are not applied ("
+                + "; ".join(differ)
+                + "); pass them as model.init_args.evaluation / optimization to use them",
+                UserWarning,
+                stacklevel=2,
             )
 
     # ----------------------------------------------------------------- evaluation

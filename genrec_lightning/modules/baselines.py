@@ -11,7 +11,7 @@ Items already in a user's history are not excluded, as in the generative models'
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import NoReturn
 
 import torch
@@ -20,7 +20,11 @@ from torch import Tensor, nn
 
 from genrec_lightning.generation import Ranking
 from genrec_lightning.modules.base import RecommenderModule
+from genrec_lightning.modules.settings import Evaluation, Optimization
 from genrec_lightning.networks.sasrec import SASRec
+
+#: SASRec/GRU4Rec's usual schedule: a constant learning rate, no weight decay, no warm-up.
+SEQUENTIAL_OPTIMIZATION = Optimization(lr=1e-3, weight_decay=0.0, warmup_steps=0, min_lr_ratio=1.0)
 
 
 def top_k_ranking(scores: Tensor, k: int) -> Ranking:
@@ -50,14 +54,9 @@ class SequentialRecommender(RecommenderModule):
         num_items: int,
         max_history: int = 20,
         network: Callable[[int, int], nn.Module] = SASRec,
-        lr: float = 1e-3,
-        weight_decay: float = 0.0,
-        warmup_steps: int = 0,
-        min_lr_ratio: float = 1.0,
+        optimization: Optimization = SEQUENTIAL_OPTIMIZATION,
         top_k: int = 20,
-        metric_ks: Sequence[int] = (1, 5, 10, 20),
-        head_fraction: float = 0.5,
-        coverage_k: int = 10,
+        evaluation: Evaluation = Evaluation(),
     ) -> None:
         """
         Args:
@@ -66,16 +65,12 @@ class SequentialRecommender(RecommenderModule):
             network: the network, built as `network(num_items, max_history)`: `SASRec` or
                 `GRU4Rec` from `genrec_lightning.networks` (with its own init_args). It must map
                 (history [B, H], history_mask [B, H]) to logits [B, num_items].
-            lr: AdamW peak learning rate.
-            weight_decay: AdamW weight decay (on weight matrices and embeddings only).
-            warmup_steps: linear warm-up steps of the learning rate.
-            min_lr_ratio: final learning rate / lr of the cosine decay (1: constant after warm-up).
+            optimization: AdamW and its schedule; by default a constant learning rate of 1e-3
+                without weight decay or warm-up, as SASRec is usually trained.
             top_k: length of the ranked lists (the largest metric cutoff).
-            metric_ks: cutoffs K of Recall@K / NDCG@K.
-            head_fraction: share of the test items in the popularity head group.
-            coverage_k: list length for coverage and popularity-decile diagnostics.
+            evaluation: cutoffs and diagnostics of validation and test.
         """
-        super().__init__(num_items, top_k, metric_ks, head_fraction, coverage_k)
+        super().__init__(num_items, top_k, evaluation, optimization)
         self.save_hyperparameters(ignore=["network"])
         self.max_history = max_history
         self.network = network(num_items, max_history)
@@ -111,19 +106,15 @@ class MostPopular(RecommenderModule):
         self,
         num_items: int,
         top_k: int = 20,
-        metric_ks: Sequence[int] = (1, 5, 10, 20),
-        head_fraction: float = 0.5,
-        coverage_k: int = 10,
+        evaluation: Evaluation = Evaluation(),
     ) -> None:
         """
         Args:
             num_items: catalogue size (linked from the datamodule; never type it).
             top_k: length of the ranked lists (the largest metric cutoff).
-            metric_ks: cutoffs K of Recall@K / NDCG@K.
-            head_fraction: share of the test items in the popularity head group.
-            coverage_k: list length for coverage and popularity-decile diagnostics.
+            evaluation: cutoffs and diagnostics of validation and test.
         """
-        super().__init__(num_items, top_k, metric_ks, head_fraction, coverage_k)
+        super().__init__(num_items, top_k, evaluation)
         self.save_hyperparameters()
         # Derived from the data in setup(), so not saved in checkpoints.
         self.register_buffer("popularity", torch.zeros(num_items, dtype=torch.float64), persistent=False)

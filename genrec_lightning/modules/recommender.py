@@ -21,6 +21,7 @@ from genrec_lightning.generation import Ranking, beam_search, exact_ranking, exa
 from genrec_lightning.losses import CrossEntropyTokenLoss, LossContext, TokenLoss
 from genrec_lightning.modules.base import RecommenderModule
 from genrec_lightning.modules.id_table import ItemIdTable, rename_legacy_table, saved_table
+from genrec_lightning.modules.settings import Evaluation, Optimization, as_group
 from genrec_lightning.networks.t5 import T5Recommender
 from genrec_lightning.semantic_ids import (
     EOS,
@@ -47,13 +48,8 @@ class GenerativeRecommender(RecommenderModule):
         beam_size: beams per user in constrained beam search = length of the ranked lists.
         exact_ranking: rank by the exact likelihood of every item's ID instead of beam search
             (B x N decoder passes: only for small catalogues and for checking the beam).
-        lr: peak learning rate of AdamW.
-        weight_decay: AdamW weight decay (matrices only).
-        warmup_steps: linear warm-up steps.
-        min_lr_ratio: final learning rate / lr of the cosine decay (1 = constant after warm-up).
-        metric_ks: cutoffs of Recall/NDCG.
-        head_fraction: head share of the test items for the head/tail metrics.
-        coverage_k: list length for coverage and popularity-decile diagnostics.
+        optimization: AdamW and its warm-up + cosine schedule (`settings.Optimization`).
+        evaluation: cutoffs and diagnostics of validation and test (`settings.Evaluation`).
         reduction: how the token loss is reduced over an item's tokens: `mean` (per-token
             average) or `sum` (UniGRec eq. 13: summed over the L tokens, averaged over samples,
             i.e. L x mean). Optimisers are scale-free, so alone it changes little; it matters
@@ -72,13 +68,8 @@ class GenerativeRecommender(RecommenderModule):
         loss: TokenLoss | None = None,
         beam_size: int = 20,
         exact_ranking: bool = False,
-        lr: float = 1e-3,
-        weight_decay: float = 0.01,
-        warmup_steps: int = 500,
-        min_lr_ratio: float = 0.0,
-        metric_ks: Sequence[int] = (1, 5, 10, 20),
-        head_fraction: float = 0.5,
-        coverage_k: int = 10,
+        optimization: Optimization = Optimization(),
+        evaluation: Evaluation = Evaluation(),
         reduction: Literal["mean", "sum"] = "mean",
     ) -> None:
         if codebook_sizes is None:
@@ -87,10 +78,10 @@ class GenerativeRecommender(RecommenderModule):
                 "tokenizer config (e.g. configs/rqvae.yaml) or a semantic-ID artifact directory"
             )
         type(self).check_settings(
-            {"beam_size": beam_size, "metric_ks": metric_ks, "lr": lr, "warmup_steps": warmup_steps,
-             "max_history": max_history, "min_lr_ratio": min_lr_ratio, "reduction": reduction}
+            {"beam_size": beam_size, "evaluation": evaluation, "optimization": optimization,
+             "max_history": max_history, "reduction": reduction}
         )  # fmt: skip
-        super().__init__(num_items, beam_size, metric_ks, head_fraction, coverage_k)
+        super().__init__(num_items, beam_size, evaluation, optimization)
         self.save_hyperparameters(ignore=["network", "loss"])
         sizes = [int(s) for s in codebook_sizes]
         if not sizes or min(sizes) < 1:
@@ -118,22 +109,17 @@ class GenerativeRecommender(RecommenderModule):
 
     @classmethod
     def check_settings(cls, settings: dict[str, Any]) -> None:
-        """Beam and optimiser ranges (named as the user types them), then the base checks."""
-        ks = [int(k) for k in settings.get("metric_ks", (1, 5, 10, 20))]
+        """Beam, history and loss-reduction ranges (named as the user types them), then the base
+        checks (which build the setting groups, so their ranges are checked too)."""
+        ks = as_group(settings.get("evaluation"), Evaluation).metric_ks
         beam = int(settings.get("beam_size", 20))
         if beam < max(1, max(ks, default=1)):
             raise ConfigError(
                 f"beam_size={beam} is too small: it must be >= 1 and >= the largest metric cutoff "
                 f"{max(ks, default=1)} (the beams are the ranked list); set beam_size to 20 or more"
             )
-        if float(settings.get("lr", 1e-3)) <= 0:
-            raise ConfigError(f"lr must be positive, got {settings.get('lr')}")
-        if int(settings.get("warmup_steps", 0)) < 0:
-            raise ConfigError(f"warmup_steps must be >= 0, got {settings.get('warmup_steps')}")
         if int(settings.get("max_history", 20)) < 1:
             raise ConfigError(f"max_history must be >= 1, got {settings.get('max_history')}")
-        if not 0.0 <= float(settings.get("min_lr_ratio", 0.0)) <= 1.0:
-            raise ConfigError(f"min_lr_ratio must be in [0, 1], got {settings.get('min_lr_ratio')}")
         if settings.get("reduction", "mean") not in ("mean", "sum"):
             raise ConfigError(f"reduction must be 'mean' or 'sum', got {settings.get('reduction')!r}")
         own = {"beam_size", "reduction"}

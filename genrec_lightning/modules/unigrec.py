@@ -33,14 +33,18 @@ from genrec_lightning.generation import Ranking, beam_search
 from genrec_lightning.losses import TokenLoss
 from genrec_lightning.losses.distillation import masked_mean, symmetric_info_nce, symmetric_kl
 from genrec_lightning.modules.recommender import GenerativeRecommender
+from genrec_lightning.modules.settings import Evaluation, Optimization
 from genrec_lightning.modules.tokenizer import build_tokenizer, load_tokenizer_weights
 from genrec_lightning.networks.t5 import T5Recommender
-from genrec_lightning.optim import adamw_warmup_cosine, decay_groups
+from genrec_lightning.optim import decay_groups
 from genrec_lightning.semantic_ids import PAD, ArtifactMismatchError, SemanticIds, code_tokens, dedup_suffix
 from genrec_lightning.tokenizers.quantizers import SoftResidualQuantizer
 from genrec_lightning.tokenizers.rqvae import MLP, RQVAE
 
 log = logging.getLogger(__name__)
+
+#: The paper's joint-stage optimiser for T5: AdamW at 5e-3, weight decay 0.05, warm-up then cosine.
+UNIGREC_OPTIMIZATION = Optimization(lr=5e-3, weight_decay=0.05, warmup_steps=500, min_lr_ratio=0.0)
 
 
 class UniGRecModule(GenerativeRecommender):
@@ -76,14 +80,10 @@ class UniGRecModule(GenerativeRecommender):
         suffix_capacity: size of the dedup-suffix vocabulary. Joint training can grow a collision
             group beyond the stage-1 maximum; re-derived IDs that would need more suffixes keep
             the previous table (with a warning).
-        lr: learning rate of T5 and the adapters.
         tokenizer_lr: learning rate of the tokenizer (the paper searches 2e-7 and 2e-8).
-        weight_decay: AdamW weight decay (matrices only), both groups.
-        warmup_steps: linear warm-up steps.
-        min_lr_ratio: final learning rate / lr of the cosine decay.
-        metric_ks: cutoffs of Recall/NDCG.
-        head_fraction: head share of the test items for the head/tail metrics.
-        coverage_k: list length for coverage and popularity-decile diagnostics.
+        optimization: AdamW and its schedule; its `lr` is T5's and the adapters', its weight
+            decay applies to both parameter groups.
+        evaluation: cutoffs and diagnostics of validation and test.
         reduction: `sum` (eq. 13: L_rec summed over the target's tokens, the balance of eq. 22's
             weights in the paper) or `mean` (per-token average, which scales every other weight
             of eq. 22 up by the number of tokens relative to the paper).
@@ -114,14 +114,9 @@ class UniGRecModule(GenerativeRecommender):
         distill_warmup_epochs: int = 0,
         freeze_tokenizer_epoch: int | None = None,
         suffix_capacity: int = 32,
-        lr: float = 5e-3,
         tokenizer_lr: float = 2e-7,
-        weight_decay: float = 0.05,
-        warmup_steps: int = 500,
-        min_lr_ratio: float = 0.0,
-        metric_ks: Sequence[int] = (1, 5, 10, 20),
-        head_fraction: float = 0.5,
-        coverage_k: int = 10,
+        optimization: Optimization = UNIGREC_OPTIMIZATION,
+        evaluation: Evaluation = Evaluation(),
         reduction: Literal["mean", "sum"] = "mean",
     ) -> None:
         tokenizer = _stage1_tokenizer(tokenizer_config)
@@ -152,9 +147,8 @@ class UniGRecModule(GenerativeRecommender):
         sizes[-1] = max(sizes[-1], int(suffix_capacity))
         super().__init__(
             codebook_sizes=sizes, num_items=num_items, max_history=max_history, network=network,
-            loss=loss, beam_size=beam_size, exact_ranking=False, lr=lr, weight_decay=weight_decay,
-            warmup_steps=warmup_steps, min_lr_ratio=min_lr_ratio, metric_ks=metric_ks,
-            head_fraction=head_fraction, coverage_k=coverage_k, reduction=reduction,
+            loss=loss, beam_size=beam_size, exact_ranking=False, optimization=optimization,
+            evaluation=evaluation, reduction=reduction,
         )  # fmt: skip
         self.tokenizer = tokenizer
         self.tokenizer.temperature = temperature
@@ -386,30 +380,23 @@ class UniGRecModule(GenerativeRecommender):
         self.loss_terms = {k[4:]: v for k, v in terms.items() if k.startswith("rec/")}
         return loss
 
-    def configure_optimizers(self) -> dict:
-        hp = self.hparams
+    def optimizer_groups(self, weight_decay: float) -> list[dict]:
+        """T5 and the adapters at `optimization.lr`, the tokenizer at `tokenizer_lr` (when it trains);
+        each split into decayed and not decayed, with unique names for LearningRateMonitor."""
         tokenizer_ids = {id(p) for p in self.tokenizer.parameters()}
         rest = nn.ParameterList([p for p in self.parameters() if id(p) not in tokenizer_ids])
-        # Unique group names (LearningRateMonitor logs lr-AdamW/<name>): decayed and not decayed.
         suffixes = ("", "_no_decay")
+        lr = self.optimization.lr  # type: ignore[union-attr]
         groups = [
-            dict(g, lr=hp.lr, name=f"recommender{sfx}")
-            for g, sfx in zip(decay_groups(rest, hp.weight_decay), suffixes, strict=True)
+            dict(g, lr=lr, name=f"recommender{sfx}")
+            for g, sfx in zip(decay_groups(rest, weight_decay), suffixes, strict=True)
         ]
         if self.train_tokenizer:
             groups += [
-                dict(g, lr=hp.tokenizer_lr, name=f"tokenizer{sfx}")
-                for g, sfx in zip(decay_groups(self.tokenizer, hp.weight_decay), suffixes, strict=True)
+                dict(g, lr=self.hparams.tokenizer_lr, name=f"tokenizer{sfx}")
+                for g, sfx in zip(decay_groups(self.tokenizer, weight_decay), suffixes, strict=True)
             ]
-        groups = [g for g in groups if g["params"]]
-        return adamw_warmup_cosine(
-            groups,
-            hp.lr,
-            hp.weight_decay,
-            hp.warmup_steps,
-            self.trainer.estimated_stepping_batches,
-            hp.min_lr_ratio,
-        )
+        return [g for g in groups if g["params"]]
 
     # ----------------------------------------------------------------- ranking
     def rank(self, batch: dict[str, Tensor]) -> Ranking:

@@ -15,6 +15,7 @@ from jsonargparse import Namespace
 
 from genrec_lightning.artifacts import config_hash
 from genrec_lightning.data.datamodules import ItemEmbeddingDataModule, SequenceDataModule
+from genrec_lightning.modules.settings import flatten_groups
 
 #: Default seed of every `genrec` run (the CLI's `seed_everything` default).
 DEFAULT_SEED = 42
@@ -90,6 +91,8 @@ def _stage_key(config: Namespace, linked: tuple[str, ...], data_identity: dict[s
     result-relevant trainer settings, seed and the identity of the data it was trained on."""
     trainer = plain_config(config.trainer)
     model = _without_neutral_defaults(plain_config(config.model))
+    if isinstance(model.get("init_args"), dict):  # keyed as before the setting groups: caches stay valid
+        model["init_args"] = flatten_groups(model["init_args"])
     for name in linked:  # linked from the data, which is keyed through `data_identity`
         model.get("init_args", {}).pop(name, None)
     return config_hash(

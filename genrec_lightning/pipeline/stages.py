@@ -17,6 +17,7 @@ from genrec_lightning.config_files import BASE_HELP, expand_bases
 from genrec_lightning.modules.baselines import SequentialRecommender
 from genrec_lightning.modules.tokenizer import TokenizerModule
 from genrec_lightning.pipeline.keys import DEFAULT_SEED
+from genrec_lightning.pipeline.legacy import nest_flat_model_settings
 
 
 def stage_parser(module: type[L.LightningModule], name: str) -> LightningArgumentParser:
@@ -55,7 +56,7 @@ def parse_stage(parser: LightningArgumentParser, path: Path, what: str, *extra: 
     if not path.is_file():
         raise FileNotFoundError(f"{what} config {path} does not exist")
     try:
-        return parser.parse_args([*expand_bases(["--config", str(path)]), *extra])
+        return parser.parse_args(nest_flat_model_settings([*expand_bases(["--config", str(path)]), *extra]))
     except Exception as err:  # jsonargparse reports which option is wrong
         raise ValueError(f"{path} is not a valid {what} config: {err}") from err
 
