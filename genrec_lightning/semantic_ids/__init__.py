@@ -16,7 +16,13 @@ downstream reads IDs through `SemanticIds`. One job per file, so each can be rea
 Import from the package (`from genrec_lightning.semantic_ids import SemanticIds`), not the files.
 """
 
-from genrec_lightning.semantic_ids.dedup import DEDUP_METHODS, DedupMethod, dedup_suffix
+from genrec_lightning.semantic_ids.dedup import (
+    DEDUP_METHODS,
+    DedupMethod,
+    dedup_suffix,
+    extend_reassign_last,
+    extend_suffix,
+)
 from genrec_lightning.semantic_ids.io import CODES_FILE, FORMAT_VERSION, ArtifactMismatchError
 from genrec_lightning.semantic_ids.prefix_index import PrefixIndex
 from genrec_lightning.semantic_ids.stats import (
@@ -53,6 +59,8 @@ __all__ = [
     "code_tokens",
     "collision_rate",
     "dedup_suffix",
+    "extend_reassign_last",
+    "extend_suffix",
     "filter_ratios",
     "padded_token_table",
     "prefix_groups",

@@ -60,3 +60,34 @@ def _dedup_reassign_last(raw: Tensor, last_size: int, seed: int) -> Tensor:
         free = np.setdiff1d(np.arange(last_size), codes[members, -1])
         codes[moving, -1] = rng.choice(free, size=len(moving), replace=False)
     return torch.from_numpy(codes)
+
+
+def extend_suffix(raw: Tensor, raw_new: Tensor) -> Tensor:
+    """Final IDs [M, L+1] of new items appended after the items of `raw` [N, L] under `suffix`
+    dedup: each gets the next number among the items sharing its raw ID. The numbering of the
+    existing items is unchanged (it only counts lower item ids), so nothing already served moves."""
+    codes, _ = dedup_suffix(torch.cat([raw, raw_new]))
+    return codes[len(raw) :]
+
+
+def extend_reassign_last(codes: Tensor, raw_new: Tensor, last_size: int, seed: int) -> Tensor:
+    """Final IDs [M, L] of new items under `reassign_last` dedup against the final table `codes`:
+    an item whose ID is taken moves to a free last-level code under its prefix (drawn with `seed`),
+    in order, so later new items also avoid earlier ones. Raises ValueError when a prefix is full."""
+    taken: dict[tuple[int, ...], set[int]] = {}
+    for code in codes.tolist():
+        taken.setdefault(tuple(code[:-1]), set()).add(code[-1])
+    rng = np.random.default_rng(seed)
+    out = raw_new.clone()
+    for row, code in enumerate(raw_new.tolist()):
+        prefix = tuple(code[:-1])
+        used = taken.setdefault(prefix, set())
+        if code[-1] in used:
+            free = sorted(set(range(last_size)) - used)
+            if not free:
+                raise ValueError(
+                    f"new item {row}: all {last_size} last-level codes under prefix {list(prefix)} are taken"
+                )
+            out[row, -1] = int(rng.choice(free))
+        used.add(int(out[row, -1]))
+    return out

@@ -6,10 +6,8 @@ format is described in one place. This module does not import the table (no impo
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 from torch import Tensor
@@ -72,11 +70,3 @@ def _stored_table_problem(
 def _as_json(value: Any) -> Any:
     """`value` as meta.json stores it (tuples -> lists, paths -> str), for comparisons."""
     return json.loads(json.dumps(value, default=str))
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

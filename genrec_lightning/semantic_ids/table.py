@@ -20,7 +20,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
-from genrec_lightning.artifacts import META_FILE, atomic_dir, read_meta, write_json_atomic
+from genrec_lightning.artifacts import META_FILE, atomic_dir, read_meta, sha256_of, write_json_atomic
 from genrec_lightning.semantic_ids import vocab
 from genrec_lightning.semantic_ids.dedup import DEDUP_METHODS, DedupMethod, _dedup_reassign_last, dedup_suffix
 from genrec_lightning.semantic_ids.io import (
@@ -32,7 +32,6 @@ from genrec_lightning.semantic_ids.io import (
     FORMAT_VERSION,
     ArtifactMismatchError,
     _as_json,
-    _sha256,
     _stored_table_problem,
 )
 from genrec_lightning.semantic_ids.prefix_index import PrefixIndex, _check_packable, _pack
@@ -316,7 +315,7 @@ class SemanticIds:
                 save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(tmp / name))
             record = {
                 "format": FORMAT_VERSION,
-                "sha256": _sha256(tmp / CODES_FILE),
+                "sha256": sha256_of(tmp / CODES_FILE),
                 **derived,
                 "statistics": user_meta["statistics"] if "statistics" in user_meta else self.statistics(),
                 **user_meta,
@@ -360,7 +359,7 @@ class SemanticIds:
                     "dataset's semantic-ID artifact, or at the tokenizer YAML (e.g. configs/rqvae.yaml), "
                     "which builds this dataset's own entry"
                 )
-        if _sha256(path) != record.get("sha256"):
+        if sha256_of(path) != record.get("sha256"):
             raise ArtifactMismatchError(f"{path} was modified or corrupted; delete {directory} to rebuild")
         with safe_open(str(path), framework="pt") as f:
             header = f.metadata() or {}
