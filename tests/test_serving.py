@@ -239,6 +239,32 @@ def test_id_models_and_exports_refuse_what_they_cannot_do(
     assert (occupied / "notes.txt").read_text() == "mine" and not (tmp_path / "b").exists()
 
 
+def test_a_model_with_user_tokens_needs_known_users() -> None:
+    from functools import partial
+
+    from genrec_lightning.modules.recommender import GenerativeRecommender
+    from genrec_lightning.networks.t5 import T5Recommender
+
+    torch.manual_seed(0)
+    model = GenerativeRecommender(
+        [4, 4], num_items=10, network=partial(T5Recommender, **TINY_T5, num_user_buckets=4)
+    )
+    model.item_ids.store(torch.tensor([[i // 4, i % 4] for i in range(10)]))
+    items = pl.DataFrame(
+        {"item": range(10), "item_raw": range(100, 110), "text": [f"t{i}" for i in range(10)]}
+    )
+    users = pl.DataFrame({"user": [0, 1], "user_raw": ["u0", "u1"]})
+    rec = Recommender(model, items, meta={}, config={}, users=users)
+    with pytest.raises(InputError, match="reads a user token"):
+        rec.recommend([[100, 101]])
+    with pytest.raises(InputError, match=r"users \['u9'\] are not in the training data"):
+        rec.recommend([[100, 101]], users=["u9"])
+    first, second = rec.recommend([[100, 101], [100, 101]], k=5, users=["u0", "u1"])
+    assert first.scores != second.scores  # the user token reaches the encoder
+    alone = rec.recommend([[100, 101]], k=5, users=["u1"])[0]  # batch of one: the same up to rounding
+    assert alone.items == second.items and alone.scores == pytest.approx(second.scores, abs=1e-5)
+
+
 # ------------------------------------------------------------------------------ new items
 @pytest.mark.parametrize("name", ["tiger", "unigrec"])
 def test_a_new_item_in_a_favoured_neighbourhood_is_recommended(
