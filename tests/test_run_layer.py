@@ -327,7 +327,7 @@ def test_help_lists_every_subcommand(capsys: pytest.CaptureFixture) -> None:
     main(["--help"])
     out = capsys.readouterr().out
     commands = ("fit", "validate", "test", "predict", "prepare", "data-stats", "tokenize", "report")
-    commands += ("compare",)
+    commands += ("compare", "export", "recommend", "serve")
     for command in commands:
         assert f"  {command} " in out
     assert set(COMMANDS) == set(commands)

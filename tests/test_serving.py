@@ -33,8 +33,9 @@ USERS = 128  # test users ranked by `genrec predict` (one eval batch)
 
 
 def tiny_tiger_config(stages: dict[str, Any], tmp_path: Path) -> Path:  # noqa: F811
-    """configs/tiger.yaml shrunk to seconds on the module's stage-1 IDs (2 x 16 codes + suffix)."""
-    cfg = load_config(ROOT / "configs/tiger.yaml")
+    """configs/tiger_curriculum.yaml (TIGER with the token-weighted multi-target curriculum, whose
+    objective weights are learned) shrunk to seconds on the module's stage-1 IDs (2 x 16 + suffix)."""
+    cfg = load_config(ROOT / "configs/tiger_curriculum.yaml")
     cfg["model"]["init_args"]["network"]["init_args"] = dict(TINY_T5)
     cfg["model"]["init_args"]["optimization"]["warmup_steps"] = 2
     cfg["data"]["init_args"].update(tiny_data_args(stages))
@@ -158,6 +159,8 @@ def test_a_copied_bundle_needs_no_data_or_cache(
         monkeypatch.setattr(SequenceDataModule, name, lambda *a, **k: pytest.fail("the bundle read the data"))
     monkeypatch.chdir(tmp_path)
     assert Recommender.load(copy).recommend([[1, 2, 3]], k=5) == expected
+    wide = Recommender.load(copy, dtype=torch.float64).recommend([[1, 2, 3]], k=5)[0]  # dtype is a choice
+    assert wide.items == expected[0].items and wide.scores == pytest.approx(expected[0].scores, abs=1e-4)
 
 
 def test_broken_or_foreign_bundles_are_refused(runs: dict[str, Any], tmp_path: Path) -> None:
