@@ -17,9 +17,11 @@ cost). Run it alone: other jobs on the machine change every figure.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
+import signal
 import socket
 import subprocess
 import sys
@@ -96,7 +98,7 @@ def request(url: str, history: list) -> float:
 
 
 def over_http(
-    bundle: Path, histories: list[list], levels: Sequence[int], requests: int, threads: int
+    bundle: Path, histories: list[list], levels: Sequence[int], requests: int, threads: int, timeout: float
 ) -> dict:
     port = free_port()
     env = dict(os.environ)
@@ -114,11 +116,12 @@ def over_http(
             "--max_batch_size",
             str(max(levels)),
             "--batch_timeout",
-            "0.002",
+            str(timeout),
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         env=env,
+        start_new_session=True,
     )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -151,7 +154,11 @@ def over_http(
         return out
     finally:
         server.terminate()
-        server.wait(timeout=30)
+        try:
+            server.wait(timeout=60)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(server.pid, signal.SIGKILL)  # nothing of the server may outlive the benchmark
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -169,6 +176,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--calls", type=int, default=30, help="in-process calls per batch size")
     parser.add_argument("--requests", type=int, default=256, help="HTTP requests per concurrency level")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
+    parser.add_argument("--batch_timeout", type=float, default=0.005, help="server: seconds to fill a batch")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     if args.threads:
@@ -183,7 +191,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         ids = rec.items["item_raw"].to_list()
         histories = [[ids[i] for i in rng.choice(len(ids), size=length, replace=False)] for _ in range(512)]
         local = in_process(rec, histories, args.batch_sizes, args.calls)
-        remote = over_http(bundle, histories, args.concurrency, args.requests, args.threads)
+        remote = over_http(
+            bundle, histories, args.concurrency, args.requests, args.threads, args.batch_timeout
+        )
     print(
         f"# Serving {rec.meta.get('model_class', '?').rsplit('.', 1)[-1]} ({rec.num_items:,} items, "
         f"{sum(p.numel() for p in rec.model.parameters()):,} parameters, beam {rec.list_length}, k 10)"
@@ -195,6 +205,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     print("| in-process batch | p50 ms/call | p99 ms/call | histories/s |\n|---|---|---|---|")
     for size, row in local.items():
         print(f"| {size} | {row['p50_ms']:.1f} | {row['p99_ms']:.1f} | {row['per_s']:.1f} |")
+    print(f"\nServer: max_batch_size {max(args.concurrency)}, batch_timeout {args.batch_timeout} s.")
     print(
         "\n| HTTP concurrency | p50 ms/request | p99 ms/request | requests/s | vs in-process at that batch |"
     )

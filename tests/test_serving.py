@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -394,7 +396,7 @@ def test_server_answers_with_a_real_http_client(runs: dict[str, Any], tmp_path: 
     log = open(tmp_path / "server.log", "w")  # noqa: SIM115 (open for the server's lifetime)
     command = [sys.executable, "-m", "genrec_lightning", "serve", str(bundle), "--port", str(port),
                "--max_batch_size", "8", "--batch_timeout", "0.05"]  # fmt: skip
-    server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120
@@ -428,6 +430,16 @@ def test_server_answers_with_a_real_http_client(runs: dict[str, Any], tmp_path: 
         status, answer = post(f"{base}/recommend", {"history": [1, 999999], "unknown": "ignore"})
         assert status == 200 and answer["unknown"] == [999999]
     finally:
-        server.terminate()
-        server.wait(timeout=30)
+        server.terminate()  # SIGTERM, as a container stop sends: a clean exit that leaves no worker behind
+        code = server.wait(timeout=60)
         log.close()
+        deadline, left = time.monotonic() + 20, True
+        while left and time.monotonic() < deadline:
+            try:
+                os.killpg(server.pid, 0)  # the server's process group still has a member
+                time.sleep(0.5)
+            except ProcessLookupError:
+                left = False
+        if left:
+            os.killpg(server.pid, signal.SIGKILL)
+    assert code == 0 and not left, f"the server exited {code} and left processes: {left}"

@@ -12,6 +12,9 @@ Requests arriving within `batch_timeout` of each other are ranked in one batch (
 
 from __future__ import annotations
 
+import multiprocessing
+import os
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -161,7 +164,24 @@ def serve(
         model_metadata={"model": meta.get("model_class"), "items": meta.get("num_items")},
     )
     print(f"serving {bundle} ({meta.get('num_items'):,} items) on http://{host}:{port}{API_PATH}", flush=True)
-    server.run(host=host, port=port, generate_client_file=False)
+    # SIGTERM (a container stop, `kill`) shuts down like Ctrl+C, so LitServe stops its workers;
+    # the API processes forked from here inherit the handler and just exit.
+    main_pid = os.getpid()
+
+    def interrupt(signum: int, frame: Any) -> None:
+        if os.getpid() != main_pid:
+            raise SystemExit(0)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+    try:
+        server.run(host=host, port=port, generate_client_file=False)
+    finally:  # never leave a worker or an API process behind (they poll their queues: they use CPU)
+        for child in multiprocessing.active_children():
+            child.terminate()
+            child.join(timeout=10)
+            if child.is_alive():
+                child.kill()
 
 
 __all__ = ["API_PATH", "Query", "Rejected", "RecommenderAPI", "parse_query", "serve"]
