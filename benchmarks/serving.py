@@ -22,7 +22,6 @@ import json
 import os
 import platform
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -34,6 +33,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from genrec_lightning.serving.client import free_port, wait_until_healthy
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIGS = ("configs/tiger_curriculum.yaml", "configs/presets/cpu.yaml")
@@ -83,12 +84,6 @@ def in_process(rec, histories: list[list], batch_sizes: Sequence[int], calls: in
     return out
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def request(url: str, history: list) -> float:
     body = json.dumps({"history": history, "k": 10}).encode()
     began = time.perf_counter()
@@ -125,17 +120,7 @@ def over_http(
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if server.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("the server did not start (run `genrec serve` by hand to see why)")
-            time.sleep(0.5)
+        wait_until_healthy(url, server, timeout=180)
         out = {}
         for level in levels:
             for history in histories[:level]:  # warm-up

@@ -7,12 +7,9 @@ import math
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -29,6 +26,7 @@ from genrec_lightning.data.datamodules import SequenceDataModule
 from genrec_lightning.semantic_ids import SemanticIds, dedup_suffix, extend_reassign_last, extend_suffix
 from genrec_lightning.serving import BundleError, InputError, Recommender, UnknownItemsError
 from genrec_lightning.serving.bundle import ITEMS_FILE, META_FILE
+from genrec_lightning.serving.client import free_port, post_json, wait_until_healthy
 
 TINY_T5 = dict(d_model=16, d_ff=32, d_kv=8, num_heads=2, num_encoder_layers=1, num_decoder_layers=1)
 USERS = 128  # test users ranked by `genrec predict` (one eval batch)
@@ -372,23 +370,6 @@ def test_recommend_prints_items_with_their_texts(runs: dict[str, Any], capsys: p
 
 
 # ------------------------------------------------------------------------------ HTTP server
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def post(url: str, body: Any) -> tuple[int, Any]:
-    request = urllib.request.Request(
-        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read())
-
-
 def test_server_answers_with_a_real_http_client(runs: dict[str, Any], tmp_path: Path) -> None:
     pytest.importorskip("litserve", reason="the `serve` extra (make install has it)")
     bundle = runs["tiger"]["bundle"]
@@ -399,21 +380,16 @@ def test_server_answers_with_a_real_http_client(runs: dict[str, Any], tmp_path: 
     server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"{base}/health", timeout=2) as response:
-                    if response.status == 200 and response.read().decode().strip('"') == "ok":
-                        break
-            except (urllib.error.URLError, ConnectionError):
-                pass
-            assert server.poll() is None, (tmp_path / "server.log").read_text()
-            assert time.monotonic() < deadline, "the server did not become healthy in 120 s"
-            time.sleep(0.5)
+        try:
+            wait_until_healthy(base, server, timeout=120)
+        except RuntimeError as err:
+            pytest.fail(f"{err}: {(tmp_path / 'server.log').read_text()[-2000:]}")
         rec = Recommender.load(bundle)
         _, histories = histories_of_test_users(runs["dm"], 12)
         with ThreadPoolExecutor(max_workers=12) as pool:  # concurrent requests share batches
-            answers = list(pool.map(lambda h: post(f"{base}/recommend", {"history": h, "k": 5}), histories))
+            answers = list(
+                pool.map(lambda h: post_json(f"{base}/recommend", {"history": h, "k": 5}), histories)
+            )
         for (status, body), expected in zip(answers, rec.recommend(histories, k=5), strict=True):
             assert status == 200 and body["items"] == expected.items
             assert body["scores"] == pytest.approx(expected.scores, abs=1e-6)
@@ -425,9 +401,9 @@ def test_server_answers_with_a_real_http_client(runs: dict[str, Any], tmp_path: 
             ({"history": "1,2"}, "history must be a list"),
             ({"items": [1]}, "unknown field"),
         ]:
-            status, answer = post(f"{base}/recommend", body)
+            status, answer = post_json(f"{base}/recommend", body)
             assert 400 <= status < 500 and message in answer["detail"], (body, status, answer)
-        status, answer = post(f"{base}/recommend", {"history": [1, 999999], "unknown": "ignore"})
+        status, answer = post_json(f"{base}/recommend", {"history": [1, 999999], "unknown": "ignore"})
         assert status == 200 and answer["unknown"] == [999999]
     finally:
         server.terminate()  # SIGTERM, as a container stop sends: a clean exit that leaves no worker behind

@@ -110,7 +110,6 @@ def export_bundle(
         },
         "metrics": dict(metrics or {}),
         "encoder": dict(encoder) if encoder else None,
-        "list_length": int(getattr(model, "beam_size", model.top_k)),
     }
     extra = {"data": dict(data_config)} if data_config else None
     return write_bundle(
