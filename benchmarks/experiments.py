@@ -30,6 +30,13 @@ over sessions on machines that keep nothing but the repository.
     python benchmarks/experiments.py --runs runs/experiments/ml100k --report docs/results/ml100k.md \\
         --report-only      # re-tabulate what has finished
 
+An RQ-VAE build is bit-reproducible only on one machine: another machine (even a VM of the same
+type, with one thread) trains other IDs of the same shape. Rows compared across sessions must
+train on one artifact, so `--ids DIR` pins it: every fit gets
+`--data.init_args.semantic_ids_from DIR` (a committed semantic-ID artifact: codes.safetensors and
+meta.json), each result records the codes' SHA-256, a finished or archived run that trained on
+other IDs is refused, and the report names the IDs of every row.
+
 `--jobs` runs that many fits at once and `--threads` caps each one's CPU threads (e.g. two 1-thread
 runs on a 2-core machine); on a GPU machine several small runs can share the device.
 """
@@ -57,8 +64,10 @@ import polars as pl
 from genrec_lightning.analysis.compare import Side, compare_sides, load_side
 from genrec_lightning.analysis.runs import read_scalars
 from genrec_lightning.analysis.significance import PairedComparison
+from genrec_lightning.artifacts import read_meta, sha256_of
 from genrec_lightning.callbacks.test_users import FILE_NAME as USERS_FILE
 from genrec_lightning.errors import GenRecError
+from genrec_lightning.semantic_ids import CODES_FILE
 
 #: (column title, metric key) of the main table; Hit@K = Recall@K with one target per user.
 #: Text from this line on in an existing report is kept when the tables are rewritten (analysis).
@@ -93,6 +102,48 @@ def parse_row(spec: str) -> Row:
 #: What an archived run keeps: enough to tabulate, compare user by user and draw its curve.
 ARCHIVED = ("result.json", USERS_FILE, "curve.csv", "config.yaml", "test_metrics.json")
 CURVE_FILE = "curve.csv"
+
+
+#: The fit option `--ids` appends; a record's command naming it tells which artifact it trained on.
+IDS_OPTION = "--data.init_args.semantic_ids_from"
+
+
+def pinned_ids(directory: Path) -> dict[str, str]:
+    """`{"path", "sha256"}` of a semantic-ID artifact to pin, checked before any run starts."""
+    meta = read_meta(directory)
+    codes = directory / CODES_FILE
+    if meta is None or not codes.is_file():
+        raise GenRecError(
+            f"--ids {directory}: not a semantic-ID artifact (needs meta.json and {CODES_FILE}); "
+            "copy one from data/cache/<dataset>/<hash>/semantic_ids/<key>/"
+        )
+    if meta.get("sha256") != sha256_of(codes):
+        raise GenRecError(f"--ids {directory}: {CODES_FILE} does not match the sha256 in its meta.json")
+    return {"path": str(directory), "sha256": meta["sha256"]}
+
+
+def record_ids(record: dict) -> tuple[str, str] | None:
+    """(codes SHA-256, artifact path) a finished run trained on: recorded at run time, or read from
+    the artifact directory its command names; None when neither tells (IDs built from a YAML)."""
+    if "semantic_ids" in record:
+        return record["semantic_ids"]["sha256"], record["semantic_ids"]["path"]
+    words = record.get("command", "").split()
+    if IDS_OPTION not in words[:-1]:
+        return None
+    path = words[words.index(IDS_OPTION) + 1]
+    meta = read_meta(Path(path))
+    return (meta["sha256"], path) if meta and "sha256" in meta else None
+
+
+def check_ids(record: dict, ids: dict[str, str] | None) -> dict:
+    """`record`, refused when `--ids` pins other IDs than the ones it trained on."""
+    if ids is not None and (record_ids(record) or ("",))[0] != ids["sha256"]:
+        where = record.get("dir") or f"{record['row']} seed {record['seed']}"
+        raise RuntimeError(
+            f"{record['row']} seed {record['seed']} trained on other semantic IDs than --ids {ids['path']}; "
+            f"move {where} out of the runs and the archive to train it again on the pinned IDs"
+        )
+    return record
 
 
 def run_dir(runs: Path, row: Row, seed: int) -> Path:
@@ -198,20 +249,25 @@ def run_one(
     extra: Sequence[str],
     threads: int,
     archive: Path | None = None,
+    ids: dict[str, str] | None = None,
 ) -> dict:
     """Fit (and test) one row with one seed; returns its result record (also saved as result.json).
 
-    With an archive, a run already there is done, and a run finished here is archived."""
+    With an archive, a run already there is done, and a run finished here is archived. With pinned
+    `ids` (`pinned_ids`), the fit trains on them and a finished run that did not is refused."""
     directory = run_dir(runs, row, seed)
     archived = run_dir(archive, row, seed) / "result.json" if archive else None
     if archived is not None and archived.is_file():
-        return json.loads(archived.read_text())
+        return check_ids(json.loads(archived.read_text()) | {"dir": str(archived.parent)}, ids)
     result_file = directory / "result.json"
     if result_file.is_file():
+        check_ids(json.loads(result_file.read_text()) | {"dir": str(directory)}, ids)
         write_test_users(directory, threads)
         if archive is not None:
             archive_run(directory, archive)
         return json.loads(result_file.read_text())
+    if ids is not None:
+        extra = [*extra, IDS_OPTION, ids["path"]]
     cmd = fit_command(row, seed, runs, preset, extra)
     last = directory / "checkpoints" / "last.ckpt"
     resumed = last.is_file()
@@ -241,6 +297,8 @@ def run_one(
         "command": " ".join(["genrec", *fit_command(row, seed, runs, preset, extra)[1:]]),
         "metrics": json.loads(metrics_file.read_text())["metrics"],
     }
+    if ids is not None:
+        record["semantic_ids"] = ids
     result_file.write_text(json.dumps(record, indent=2) + "\n")
     write_curve(directory)
     if archive is not None:
@@ -483,6 +541,28 @@ def threads_used(rows: dict[str, list[dict]]) -> str:
     return ", ".join("torch default" if t == 0 else str(t) for t in used) or "–"
 
 
+def ids_line(rows: dict[str, list[dict]]) -> str:
+    """Which semantic IDs the runs trained on: one artifact for all, or a warning listing them."""
+    by_ids: dict[str | None, list[str]] = {}
+    paths: dict[str, str] = {}
+    for name, records in rows.items():
+        for record in records:
+            found = record_ids(record)
+            sha = found[0] if found else None
+            if found:
+                paths.setdefault(found[0], found[1])
+            by_ids.setdefault(sha, []).append(f"{name} seed {record['seed']}")
+    if set(by_ids) <= {None}:
+        return "Semantic IDs: not pinned (each session built them from the rows' tokenizer configs)."
+    if len(by_ids) == 1:
+        sha = next(iter(by_ids))
+        return f"Semantic IDs: `{paths[sha]}` for every run (codes sha256 `{sha[:12]}`)."
+    groups = "; ".join(
+        f"`{sha[:12] if sha else 'not recorded'}`: {', '.join(runs)}" for sha, runs in by_ids.items()
+    )
+    return f"**Warning: the runs trained on different semantic IDs**, so rows are not comparable: {groups}."
+
+
 def report(
     rows: dict[str, list[dict]],
     title: str,
@@ -507,6 +587,8 @@ def report(
         f"Python {platform.python_version()}; CPU threads per run: {threads_used(rows)}. "
         "Values are mean ± sample standard deviation over the seeds listed; wall time includes data "
         "loading, validation and the final test.",
+        "",
+        ids_line(rows),
         "",
         "## Main table (Hit@K = Recall@K: one held-out item per user)",
         "",
@@ -557,6 +639,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=0, help="CPU threads per fit (0: torch default)")
     parser.add_argument("--report-only", action="store_true", help="only tabulate finished runs")
     parser.add_argument("--archive", type=Path, help="keep finished runs' small files here (see above)")
+    parser.add_argument("--ids", type=Path, help="semantic-ID artifact every fit trains on (see above)")
     parser.add_argument("--resamples", type=int, default=10_000, help="bootstrap resamples of the users")
     parser.add_argument("extra", nargs=argparse.REMAINDER, help="after --: extra `genrec fit` arguments")
     args = parser.parse_args(argv)
@@ -564,6 +647,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     for preset in args.preset:
         if not Path(preset).is_file():
             parser.error(f"preset {preset!r} not found")
+    try:
+        ids = pinned_ids(args.ids) if args.ids is not None else None
+    except GenRecError as err:
+        parser.error(str(err))
     if not args.report_only:
         if not args.row:
             parser.error("give at least one --row NAME=config.yaml (or --report-only)")
@@ -571,7 +658,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         failures: list[str] = []
         with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
             futures = [
-                pool.submit(run_one, row, seed, args.runs, args.preset, extra, args.threads, args.archive)
+                pool.submit(
+                    run_one, row, seed, args.runs, args.preset, extra, args.threads, args.archive, ids
+                )
                 for row, seed in jobs
             ]
             for future in futures:

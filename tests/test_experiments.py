@@ -253,3 +253,80 @@ def test_an_archived_sweep_survives_losing_its_log_root(
     means = [statistics.fmean(v) for v in zip(*curve.values(), strict=True)]  # 0.03, 0.04, 0.05
     curve_line = next(line for line in text.splitlines() if line.startswith("| TIGER (2) |"))
     assert curve_line == "| TIGER (2) | " + " | ".join(f"{m:.4f}" for m in means) + " | 3 |"
+
+
+def fake_ids(directory: Path, codes: bytes) -> str:
+    """A semantic-ID artifact directory whose meta.json records the SHA-256 of its codes file."""
+    import hashlib
+
+    directory.mkdir(parents=True)
+    (directory / "codes.safetensors").write_bytes(codes)
+    sha = hashlib.sha256(codes).hexdigest()
+    (directory / "meta.json").write_text(json.dumps({"format": 1, "sha256": sha}))
+    return sha
+
+
+def test_pinned_ids_reach_every_fit_and_runs_on_other_ids_are_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--ids: each fit trains on the artifact (semantic_ids_from), its result records the codes'
+    SHA-256, the report names them; an archived run that trained on other IDs is refused, not
+    silently mixed into the table, and a directory that is not an artifact fails before any fit."""
+    runs, archive = tmp_path / "runs", tmp_path / "archive"
+    config = tmp_path / "tiger.yaml"
+    config.write_text("seed_everything: 1\n")
+    pinned = tmp_path / "ids"
+    sha = fake_ids(pinned, b"codes of the pinned build")
+    calls: list[list[str]] = []
+
+    def fake_fit(cmd: list[str], **kwargs: object) -> subprocess.CompletedProcess:
+        calls.append(cmd)
+        seed = cmd[cmd.index("--seed_everything") + 1]
+        directory = Path(cmd[cmd.index("--trainer.logger.init_args.save_dir") + 1]) / "TIGER" / f"seed{seed}"
+        metrics = {"metrics": {"test/ndcg@10": 0.05, "test/recall@10": 0.1}}
+        (directory / "test_metrics.json").write_text(json.dumps(metrics))
+        return subprocess.CompletedProcess(cmd, 0)
+
+    monkeypatch.setattr(experiments.subprocess, "run", fake_fit)
+    report = tmp_path / "report.md"
+    argv = ["--row", f"TIGER={config}", "--runs", str(runs), "--ids", str(pinned), "--report", str(report)]
+    experiments.main([*argv, "--seeds", "0"])
+    (cmd,) = calls
+    assert cmd[cmd.index(experiments.IDS_OPTION) + 1] == str(pinned)
+    record = json.loads((runs / "TIGER" / "seed0" / "result.json").read_text())
+    assert record["semantic_ids"] == {"path": str(pinned), "sha256": sha}
+    assert f"Semantic IDs: `{pinned}` for every run (codes sha256 `{sha[:12]}`)" in report.read_text()
+
+    # seed 1 was archived by a session that built its own IDs (no record of them): refused
+    other = archive / "TIGER" / "seed1"
+    other.mkdir(parents=True)
+    unpinned = {"row": "TIGER", "seed": 1, "wall_s": 60.0, "command": "genrec fit"}
+    (other / "result.json").write_text(
+        json.dumps(unpinned | {"metrics": {"test/ndcg@10": 0.07, "test/recall@10": 0.1}})
+    )
+    calls.clear()
+    experiments.main([*argv, "--seeds", "0", "1", "--archive", str(archive)])
+    assert calls == []  # neither seed trained again
+    err = capsys.readouterr().err
+    assert "TIGER seed 1 trained on other semantic IDs" in err and f"move {other}" in err
+    text = report.read_text()
+    assert (
+        "Warning: the runs trained on different semantic IDs" in text
+        and "not recorded`: TIGER seed 1" in text
+    )
+
+    # a record without the field but whose command names the artifact counts as trained on it
+    record = json.loads((other / "result.json").read_text())
+    record["command"] = f"genrec fit {experiments.IDS_OPTION} {pinned}"
+    (other / "result.json").write_text(json.dumps(record))
+    assert experiments.record_ids(record) == (sha, str(pinned))
+    experiments.main([*argv, "--seeds", "0", "1", "--archive", str(archive)])
+    assert calls == [] and "for every run" in report.read_text()
+
+    for bad, message in ((tmp_path / "nothing", "not a semantic-ID artifact"), (pinned, "does not match")):
+        if bad == pinned:
+            (pinned / "codes.safetensors").write_bytes(b"edited by hand")
+        with pytest.raises(SystemExit) as exit_info:
+            experiments.main(["--row", f"TIGER={config}", "--runs", str(runs), "--ids", str(bad)])
+        assert exit_info.value.code == 2 and message in capsys.readouterr().err
+    assert calls == []
