@@ -1004,6 +1004,12 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--output", default="runs/gpu_check", help="report, logs and runs go here")
     parser.add_argument("--steps", default=",".join(STEP_NAMES), help="comma-separated subset of the steps")
     parser.add_argument("--budget", type=float, default=480.0, help="seconds for all steps together")
+    parser.add_argument(
+        "--timeout-scale",
+        type=float,
+        default=1.0,
+        help="multiply every step's time limit (a dry run on a loaded CPU; keep 1 on the GPU)",
+    )
     parser.add_argument("--cache-dir", default="data/cache", help="data cache of every command")
     parser.add_argument("--dry-run", action="store_true", help="tiny CPU versions of every step (no GPU)")
     parser.add_argument("--worker", choices=("environment", "rqkmeans"), help=argparse.SUPPRESS)
@@ -1011,6 +1017,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--inject-failure", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(list(argv))
     args.steps = [s.strip() for s in args.steps.split(",") if s.strip()]
+    if args.timeout_scale <= 0:
+        parser.error(f"--timeout-scale must be positive, got {args.timeout_scale}")
     unknown = sorted(set(args.steps) - set(STEP_NAMES))
     if unknown or not args.steps:
         parser.error(f"unknown steps {unknown}; choose from {', '.join(STEP_NAMES)}")
@@ -1053,6 +1061,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.dry_run and DATA_STEPS & set(args.steps):
         prepare_dry_run(ctx)
     steps = plan(ctx, args.steps)
+    for step in steps:
+        step.timeout *= args.timeout_scale
+        step.min_seconds *= args.timeout_scale
     if args.inject_failure:
         for step in steps:
             if step.name == args.inject_failure:

@@ -51,7 +51,19 @@ def figure(report: str, step: str, key: str) -> str:
 
 
 def dry_run_args(output: Path, cache: Path, steps: str, *extra: str) -> list[str]:
-    return ["--dry-run", "--output", str(output), "--cache-dir", str(cache), "--steps", steps, *extra]
+    """A dry run with ten times the GPU run's time limits: the suite may share a loaded CPU."""
+    scaled = ["--timeout-scale", "10", "--budget", "4800"]
+    return [
+        "--dry-run",
+        "--output",
+        str(output),
+        "--cache-dir",
+        str(cache),
+        "--steps",
+        steps,
+        *scaled,
+        *extra,
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -131,6 +143,15 @@ def test_steps_the_budget_cannot_fit_are_skipped(tmp_path: Path) -> None:
     assert code == 0  # nothing ran, so nothing failed
     assert table_status(report, "environment") == table_status(report, "gpu-tests") == "skipped (budget)"
     assert not list((tmp_path / "logs").iterdir())
+    # --timeout-scale stretches what a step needs as well as its limit: 60 s fit one step at
+    # scale 1 but not at scale 1000
+    scaled = tmp_path / "scaled"
+    argv = ["--dry-run", "--output", str(scaled), "--steps", "environment", "--budget", "60"]
+    assert gpu_check.main([*argv, "--timeout-scale", "1000"]) == 0
+    assert table_status((scaled / "gpu_report.md").read_text(), "environment") == "skipped (budget)"
+    with pytest.raises(SystemExit) as exit_info:
+        gpu_check.parse_args([*argv, "--timeout-scale", "0"])
+    assert exit_info.value.code == 2
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
