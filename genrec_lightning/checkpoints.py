@@ -97,6 +97,20 @@ def check_data(checkpoint: Mapping[str, Any], path: Path, identity: Mapping[str,
         )
 
 
+def weights_mismatch(err: RuntimeError, path: Path, model: str) -> RunError | None:
+    """One line for torch's key-by-key dump when a checkpoint's weights do not fit the model (a
+    checkpoint of another architecture that did not record its class); None for other errors."""
+    text = str(err)
+    if not text.startswith("Error(s) in loading state_dict"):
+        return None
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    detail = (lines[1] if len(lines) > 1 else lines[0])[:120]
+    return RunError(
+        f"checkpoint {path} does not fit the {model} the config builds ({detail}...): pass the config "
+        "it was trained with" + _config_hint(path)
+    )
+
+
 def _config_hint(path: Path) -> str:
     for candidate in (path.parent.parent / "config.yaml", path.parent / "config.yaml"):
         if candidate.is_file():
@@ -112,4 +126,5 @@ __all__ = [
     "read_checkpoint",
     "run_dir_of",
     "version_of",
+    "weights_mismatch",
 ]

@@ -240,6 +240,13 @@ def test_id_models_and_exports_refuse_what_they_cannot_do(
         err = capsys.readouterr().err.strip()
         assert done.value.code == 1 and message in err and len(err.splitlines()) == 1, err
     assert (occupied / "notes.txt").read_text() == "mine" and not (tmp_path / "b").exists()
+    # `genrec test` with that checkpoint: the same one line instead of torch's key-by-key dump
+    logs = ["--trainer.logger.init_args.save_dir", str(tmp_path / "runs")]
+    with pytest.raises(SystemExit) as done:
+        main(["test", "--config", str(tiger["config"]), "--ckpt_path", str(runs["teacher_ckpt"]), *logs])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert done.value.code == 1 and len(err) == 1 and err[0].startswith("genrec: error: checkpoint"), err
+    assert "does not fit the GenerativeRecommender the config builds" in err[0] and len(err[0]) < 400
 
 
 def test_a_model_with_user_tokens_needs_known_users() -> None:

@@ -31,6 +31,7 @@ from genrec_lightning.checkpoints import (
     newest_last_checkpoint,
     read_checkpoint,
     run_dir_of,
+    weights_mismatch,
 )
 from genrec_lightning.cli.checks import (
     _checkpoint_dirpath,
@@ -180,6 +181,18 @@ class GenRecCLI(LightningCLI):
         self._checkpoint = (path, {k: checkpoint[k] for k in (DATA_KEY,) if k in checkpoint})
         if subcommand == "fit":
             self._continue_run(config, path)
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        # A checkpoint of another architecture that did not record its class gets past
+        # check_model_class; its weights then fail inside the trainer with torch's key-by-key dump.
+        try:
+            super()._run_subcommand(subcommand)
+        except RuntimeError as err:
+            path = self._checkpoint[0] if self._checkpoint is not None else None
+            mismatch = weights_mismatch(err, path, type(self.model).__name__) if path else None
+            if mismatch is None:
+                raise
+            raise mismatch from err
 
     def _find_last(self, config: Namespace) -> Path:
         dirpath = _checkpoint_dirpath(config.trainer)

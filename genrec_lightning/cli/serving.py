@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from genrec_lightning.checkpoints import check_model_class, read_checkpoint
+from genrec_lightning.checkpoints import check_model_class, read_checkpoint, weights_mismatch
 from genrec_lightning.cli.checks import _class_path
 from genrec_lightning.cli.config_data import sequence_data
 from genrec_lightning.cli.lightning_cli import GenRecCLI
@@ -98,12 +98,10 @@ def export_command(argv: Sequence[str]) -> None:
     try:
         model.load_state_dict(cli.checkpoint["state_dict"])
     except RuntimeError as err:  # a checkpoint of another architecture that did not record its class
-        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-        detail = (lines[1] if len(lines) > 1 else lines[0])[:120]
-        raise RunError(
-            f"checkpoint {cli.checkpoint_path} does not fit the {type(model).__name__} the config builds "
-            f"({detail}...): pass the config it was trained with"
-        ) from err
+        mismatch = weights_mismatch(err, cli.checkpoint_path, type(model).__name__)
+        if mismatch is None:
+            raise
+        raise mismatch from err
     target = export_bundle(
         model,
         data,
