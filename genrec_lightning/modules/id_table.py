@@ -112,8 +112,9 @@ def saved_table(state_dict: dict[str, Tensor], prefix: str = "") -> Tensor | Non
     return None
 
 
-def rename_legacy_table(state_dict: dict[str, Tensor], prefix: str, *_: object) -> None:
-    """Load-state-dict pre-hook: checkpoints written before the component keep loading."""
+def rename_legacy_table(_module: nn.Module, state_dict: dict[str, Tensor], prefix: str, *_: object) -> None:
+    """Load-state-dict pre-hook (`register_load_state_dict_pre_hook`): checkpoints written before
+    the component keep loading."""
     if prefix + LEGACY_STATE_KEY in state_dict:
         state_dict[prefix + STATE_KEY] = state_dict.pop(prefix + LEGACY_STATE_KEY)
 

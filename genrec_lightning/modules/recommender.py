@@ -100,7 +100,7 @@ class GenerativeRecommender(RecommenderModule):
         self.loss = loss if loss is not None else CrossEntropyTokenLoss()
         # The ID table the model was trained with (saved in checkpoints); empty until IDs are attached.
         self.item_ids = ItemIdTable(num_items, sizes, fixed=self.fixed_ids)
-        self._register_load_state_dict_pre_hook(rename_legacy_table)
+        self.register_load_state_dict_pre_hook(rename_legacy_table)
         self._warned_truncation = False
         #: Scalars the loss reported on the last training batch (logged by `ObjectiveWeights`).
         self.loss_terms: dict[str, Tensor] = {}
