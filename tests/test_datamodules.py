@@ -199,6 +199,9 @@ def test_data_identity_is_the_file_bytes_not_their_time_or_place(tmp_path: Path)
     shutil.copytree(tmp_path / "raw", tmp_path / "elsewhere" / "raw")
     moved = _toys(tmp_path / "elsewhere", cache_dir=str(tmp_path / "cache"))
     assert moved.build_artifacts() == before
+    reviews[0]["timestamp"] += 1  # other content: another dataset
+    _write_amazon2023(tmp_path / "raw", reviews, meta)
+    assert _toys(tmp_path).data_hash != first.data_hash
 
 
 def test_committed_semantic_ids_belong_to_the_embedded_data(ml100k: MovieLensDataModule) -> None:
