@@ -59,12 +59,23 @@ def newest_last_checkpoint(save_dir: str | Path, name: str) -> Path | None:
     return max(found)[1] if found else None
 
 
-def run_dir_of(checkpoint: Path, save_dir: str | Path, name: str) -> Path | None:
-    """The `version_N` run directory that holds `checkpoint` under `<save_dir>/<name>`, if any."""
+def run_dir_of(
+    checkpoint: Path, save_dir: str | Path, name: str, version: int | str | None = None
+) -> Path | None:
+    """The run directory under `<save_dir>/<name>` that holds `checkpoint`, if any.
+
+    Without `version` only a numbered `version_N` run counts; with one (an int, or a name such as
+    `seed1` as the experiment runner gives) only that run's directory, as TensorBoard names it.
+    """
     parent = checkpoint.resolve().parent
     run = parent.parent if parent.name == "checkpoints" else parent
     root = (Path(save_dir) / name).resolve()
-    return run if run.parent == root and version_of(run) is not None else None
+    if run.parent != root:
+        return None
+    if version is None:
+        return run if version_of(run) is not None else None
+    named = f"version_{version}" if isinstance(version, int) else str(version)
+    return run if run.name == named else None
 
 
 def check_model_class(checkpoint: Mapping[str, Any], path: Path, class_path: str) -> None:

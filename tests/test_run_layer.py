@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -116,6 +117,42 @@ def test_resume_from_last_continues_the_same_run_exactly(tmp_path: Path, data: d
     assert [p.name for p in runs.iterdir()] == ["version_0"]  # continued, not a new version_1
     assert torch.load(last, weights_only=True)["global_step"] == 8
     assert_same_weights(tmp_path / "straight" / "runs" / "tiger" / "version_0" / "checkpoints" / LAST, last)
+
+
+def test_a_named_run_resumes_in_place_from_its_checkpoint_path(tmp_path: Path, data: dict[str, Any]) -> None:  # noqa: F811
+    """The experiment runner's resume: a run named by --version (`seed1`) and restarted with the same
+    command plus the path of its last.ckpt continues in that directory (its config.yaml is the
+    stored one, not a reason to refuse), to the planned last step."""
+    config = experiment(tmp_path, data, max_steps=-1, max_epochs=2, limit_train_batches=4,
+                        check_val_every_n_epoch=1)  # fmt: skip
+    named = ["fit", "--config", str(config), "--test_after_fit", "false",
+             "--trainer.logger.init_args.version", "seed1"]  # fmt: skip
+    GenRecCLI(args=[*named, "--trainer.callbacks+=test_run_layer.StopAfterEpoch"])
+    runs = tmp_path / "runs" / "tiger"
+    last = runs / "seed1" / "checkpoints" / LAST
+    assert (runs / "seed1" / "config.yaml").is_file()
+    assert torch.load(last, weights_only=True)["global_step"] == 4
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        GenRecCLI(args=[*named, "--ckpt_path", str(last)])
+    assert not [w for w in caught if "exists and is not empty" in str(w.message)]  # expected, not noise
+    assert [p.name for p in runs.iterdir()] == ["seed1"]
+    assert torch.load(last, weights_only=True)["global_step"] == 8
+
+
+def test_a_checkpoint_of_another_named_run_does_not_overwrite_this_runs_config(
+    tmp_path: Path,
+    data: dict[str, Any],  # noqa: F811
+) -> None:
+    """Starting run `b` from run `a`'s checkpoint is a new run, not a continuation: `b` already
+    holding a config.yaml is still refused rather than silently replaced."""
+    config = experiment(tmp_path, data, max_steps=2, max_epochs=1, limit_train_batches=2)
+    base = ["fit", "--config", str(config), "--test_after_fit", "false"]
+    GenRecCLI(args=[*base, "--trainer.logger.init_args.version", "a"])
+    GenRecCLI(args=[*base, "--trainer.logger.init_args.version", "b"])
+    a_last = tmp_path / "runs" / "tiger" / "a" / "checkpoints" / LAST
+    with pytest.raises(RuntimeError, match="config.yaml to NOT exist"):
+        GenRecCLI(args=[*base, "--trainer.logger.init_args.version", "b", "--ckpt_path", str(a_last)])
 
 
 def test_ckpt_path_last_without_a_run_is_a_one_line_error(

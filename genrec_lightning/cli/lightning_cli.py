@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import inspect
 import json
+import re
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -217,14 +219,23 @@ class GenRecCLI(LightningCLI):
         return found
 
     def _continue_run(self, config: Namespace, path: Path) -> None:
-        """Resuming a checkpoint of `<save_dir>/<name>/version_N` logs on into that same run."""
+        """Resuming a checkpoint of `<save_dir>/<name>/<version>` logs on into that same run.
+
+        Without a version the checkpoint's `version_N` is taken; with one (the experiment runner
+        names runs `seed1`, ...) the checkpoint must lie in that run for it to count as continued.
+        """
         logger = _logger_init_args(config.trainer)
-        if logger is None or logger.get("version") is not None:
+        if logger is None:
             return
-        run = run_dir_of(path, logger.get("save_dir", "runs"), logger.get("name", "genrec"))
+        version = logger.get("version")
+        run = run_dir_of(path, logger.get("save_dir", "runs"), logger.get("name", "genrec"), version)
         if run is None:
             return
-        logger["version"] = int(run.name.split("_", 1)[1])
+        if version is None:
+            logger["version"] = int(run.name.split("_", 1)[1])
+        # Its checkpoints directory is expected to hold files: Lightning's warning is noise here.
+        tail = re.escape(str(Path(run.parent.name, run.name, "checkpoints")))
+        warnings.filterwarnings("ignore", message=f"Checkpoint directory .*{tail} exists and is not empty")
         # The continued run's settings (e.g. a raised max_epochs) replace the stored config.yaml.
         self.save_config_kwargs = {**self.save_config_kwargs, "overwrite": True}
 
