@@ -50,6 +50,19 @@ class StopAfterEpoch(L.Callback):
             trainer.should_stop = True
 
 
+class LastOnDisk(L.Callback):
+    """Records the step held by `last.ckpt` as each epoch after the first starts: what a run
+    killed without warning (SIGKILL) at that moment would resume from."""
+
+    def __init__(self) -> None:
+        self.steps: list[int] = []
+
+    def on_train_epoch_start(self, trainer: L.Trainer, *args: Any) -> None:
+        if trainer.current_epoch > 0:
+            last = Path(trainer.checkpoint_callback.dirpath) / "last.ckpt"
+            self.steps.append(torch.load(last, weights_only=True)["global_step"] if last.is_file() else -1)
+
+
 def genrec(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
     env = {
         **os.environ,
@@ -153,6 +166,28 @@ def test_a_checkpoint_of_another_named_run_does_not_overwrite_this_runs_config(
     a_last = tmp_path / "runs" / "tiger" / "a" / "checkpoints" / LAST
     with pytest.raises(RuntimeError, match="config.yaml to NOT exist"):
         GenRecCLI(args=[*base, "--trainer.logger.init_args.version", "b", "--ckpt_path", str(a_last)])
+
+
+@pytest.mark.parametrize("top_k", [0, 1])
+def test_last_ckpt_follows_every_validation(tmp_path: Path, data: dict[str, Any], top_k: int) -> None:  # noqa: F811
+    """Lightning refreshes last.ckpt only with a new top-k checkpoint, so a SIGKILL after epochs
+    that did not improve would resume several epochs back; genrec's last.ckpt holds the step of
+    the latest validation (top_k=0: Lightning never saves one), without a `last-v1.ckpt` beside it."""
+    config = experiment(tmp_path, data, max_steps=-1, max_epochs=3, limit_train_batches=3,
+                        check_val_every_n_epoch=1)  # fmt: skip
+    cfg = yaml.safe_load(config.read_text())
+    for callback in cfg["trainer"]["callbacks"]:
+        if callback["class_path"].endswith("ModelCheckpoint"):
+            callback["init_args"]["save_top_k"] = top_k
+    config.write_text(yaml.safe_dump(cfg))
+    cli = GenRecCLI(args=["fit", "--config", str(config), "--test_after_fit", "false",
+                          "--trainer.callbacks+=test_run_layer.LastOnDisk"])  # fmt: skip
+    probe = next(cb for cb in cli.trainer.callbacks if isinstance(cb, LastOnDisk))
+    assert probe.steps == [3, 6]
+    checkpoints = tmp_path / "runs" / "tiger" / "version_0" / "checkpoints"
+    assert torch.load(checkpoints / LAST, weights_only=True)["global_step"] == 9
+    assert sorted(p.name for p in checkpoints.iterdir() if p.name.startswith("last")) == [LAST]
+    assert len(list(checkpoints.glob("epoch=*.ckpt"))) == top_k
 
 
 def test_ckpt_path_last_without_a_run_is_a_one_line_error(

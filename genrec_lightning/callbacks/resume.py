@@ -6,8 +6,11 @@ validation did not improve) leaves a `last.ckpt` several epochs old, and a resum
 repeats them. On SIGTERM (kill, `timeout`, docker stop, SLURM preemption) Lightning stops the
 loop at a batch boundary and saves nothing. `genrec` adds `ResumeState` to every `fit`:
 
-* at the end of training, and when a SIGTERM stops it, `last.ckpt` is written into the
-  checkpoint callback's directory unless it already holds the current step;
+* after every validation of a fit, at the end of training, and when a SIGTERM stops it,
+  `last.ckpt` is written into the checkpoint callback's directory unless it already holds the
+  current step, so a run killed without warning (SIGKILL, out of memory, a lost machine) loses
+  at most the steps since its last validation. After a validation that improves the monitored
+  metric Lightning then writes it once more, with the new best in its state;
 * the checkpoint carries the random states (torch, CUDA, numpy, python) of rank 0, restored when
   training resumes, so dropout draws continue as if the run had never stopped. Together with the
   (seed, epoch)-ordered training loader this makes a resumed single-process run repeat the
@@ -49,6 +52,7 @@ class ResumeState(L.Callback):
         self._rng_to_restore: dict[str, Any] | None = None
         #: The checkpoint written when SIGTERM stopped the run (read by the CLI for its message).
         self.interrupted_checkpoint: Path | None = None
+        self._last_saved_step = -1  # the step of this callback's own latest last.ckpt
 
     # ------------------------------------------------------------------ random states
     def state_dict(self) -> dict[str, Any]:
@@ -84,11 +88,22 @@ class ResumeState(L.Callback):
         callback = trainer.checkpoint_callback
         if path is None or trainer.fast_dev_run or not isinstance(callback, ModelCheckpoint):
             return None
-        if callback.last_model_path == str(path) and _saved_step(callback) == trainer.global_step:
+        current = callback.last_model_path == str(path)
+        if current and trainer.global_step in (_saved_step(callback), self._last_saved_step):
             return path
         callback.last_model_path = str(path)  # part of the state written below
         trainer.save_checkpoint(path)
+        self._last_saved_step = trainer.global_step
         return path
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Runs before ModelCheckpoint's hook (Lightning orders checkpoint callbacks last) and
+        # after EarlyStopping's, whose updated patience count is part of the state written here.
+        callback = trainer.checkpoint_callback
+        if trainer.state.fn != "fit" or trainer.sanity_checking:
+            return
+        if isinstance(callback, ModelCheckpoint) and callback.save_last:
+            self._save_last(trainer)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         callback = trainer.checkpoint_callback
