@@ -382,9 +382,16 @@ def table(
             cells.append(mean_std([r["metrics"][key] for r in records if key in r["metrics"]]) + star)
         if with_runs:
             seeds = ", ".join(str(r["seed"]) for r in sorted(records, key=lambda r: r["seed"]))
-            cells += [seeds, f"{statistics.fmean(r['wall_s'] for r in records) / 60:.1f}"]
+            cells += [seeds, wall_cell(records)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def wall_cell(records: Sequence[dict]) -> str:
+    """Mean minutes per run over the runs that ran in one go: a resumed run's record holds only its
+    last attempt, which would understate the cost. `–` when every run of the row was resumed."""
+    whole = [r["wall_s"] for r in records if not r.get("resumed")]
+    return f"{statistics.fmean(whole) / 60:.1f}" if whole else "–"
 
 
 def _split_key(key: str) -> tuple[str, str | None]:
@@ -586,7 +593,7 @@ def report(
         f"Machine: {cpu_model()} ({platform.machine()}), {os.cpu_count()} CPU cores, "
         f"Python {platform.python_version()}; CPU threads per run: {threads_used(rows)}. "
         "Values are mean ± sample standard deviation over the seeds listed; wall time includes data "
-        "loading, validation and the final test.",
+        "loading, validation and the final test, over the runs not resumed after a stop.",
         "",
         ids_line(rows),
         "",

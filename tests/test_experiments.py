@@ -67,6 +67,18 @@ def test_report_is_mean_and_sample_std_over_finished_seeds(tmp_path: Path) -> No
     assert "prefix-1 NDCG@5" in text and "head NDCG@10" in text
 
 
+def test_wall_time_leaves_out_resumed_runs(tmp_path: Path) -> None:
+    """A resumed run records only its last attempt, so it would pull the per-run cost down."""
+    fake_result(tmp_path, "TIGER", 0, 0.03)  # 60 s
+    fake_result(tmp_path, "TIGER", 1, 0.03)  # 120 s
+    fake_result(tmp_path, "TIGER", 2, 0.03)  # 180 s, resumed below
+    resumed = tmp_path / "TIGER" / "seed2" / "result.json"
+    resumed.write_text(json.dumps({**json.loads(resumed.read_text()), "resumed": True}))
+    records = experiments.load_results(tmp_path)["TIGER"]
+    assert experiments.wall_cell(records) == "1.5"  # (60 + 120) / 2 s
+    assert experiments.wall_cell([r for r in records if r.get("resumed")]) == "–"
+
+
 def test_finished_runs_are_skipped_and_notes_survive(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     runs = tmp_path / "runs"
     fake_result(runs, "TIGER", 0, 0.03)
