@@ -96,19 +96,20 @@ class ResumeState(L.Callback):
         self._last_saved_step = trainer.global_step
         return path
 
-    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        # Runs before ModelCheckpoint's hook (Lightning orders checkpoint callbacks last) and
-        # after EarlyStopping's, whose updated patience count is part of the state written here.
+    def _keep_last(self, trainer: L.Trainer) -> None:
+        """Refresh last.ckpt where the checkpoint callback asks for one (`save_last`)."""
         callback = trainer.checkpoint_callback
-        if trainer.state.fn != "fit" or trainer.sanity_checking:
-            return
         if isinstance(callback, ModelCheckpoint) and callback.save_last:
             self._save_last(trainer)
 
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Runs before ModelCheckpoint's hook (Lightning orders checkpoint callbacks last) and
+        # after EarlyStopping's, whose updated patience count is part of the state written here.
+        if trainer.state.fn == "fit" and not trainer.sanity_checking:
+            self._keep_last(trainer)
+
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        callback = trainer.checkpoint_callback
-        if isinstance(callback, ModelCheckpoint) and callback.save_last:
-            self._save_last(trainer)
+        self._keep_last(trainer)
 
     def on_exception(
         self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
