@@ -4,7 +4,8 @@ An ablation or a baseline is a small delta over the experiment it is compared wi
 cannot drift apart and a reader sees at once what the variant changes. `genrec` (and every stage
 parser) turns `--config delta.yaml` into `--config base.yaml --config delta.yaml`, the same
 stacking as `--config configs/presets/cpu.yaml`; a base may have a base of its own. `base` is
-resolved relative to the file that names it.
+resolved relative to the file that names it. A run's saved `config.yaml` is the merged result and
+names no base, so `genrec test --config <run>/config.yaml` works from anywhere.
 
 `load_config` gives the merged YAML as plain data for code that reads a config without parsing it
 (the data subcommands, tests); `tests/test_configs.py` checks that it agrees with the parser.
@@ -23,6 +24,9 @@ from genrec_lightning.errors import ConfigError
 
 #: Top-level key naming the config a file builds on.
 BASE_KEY = "base"
+#: First line of the config.yaml Lightning saves into a run: that file is already merged, so a
+#: `base` left in it (runs saved before the CLI cleared it) is not applied again.
+SAVED_RUN_HEADER = "# lightning.pytorch=="
 #: The help text of the `--base` option every config parser declares (it is consumed earlier).
 BASE_HELP = (
     "the config this file builds on, relative to the file (read before parsing: "
@@ -54,6 +58,8 @@ def config_chain(path: str | Path) -> list[Path]:
             raise ConfigError(f"config bases form a circle ({names}): remove one `base:`")
         chain.append(current)
         base = read_yaml(current).get(BASE_KEY)
+        if _saved_by_a_run(current):
+            base = None
         if base is not None and not isinstance(base, str):
             raise ConfigError(f"{current}: `base` must be a path to a YAML file, got {base!r}")
         current = (current.parent / base) if base else None
@@ -63,6 +69,12 @@ def config_chain(path: str | Path) -> list[Path]:
                 "fix the `base:` path (it is relative to the file that names it)"
             )
     return list(reversed(chain))
+
+
+def _saved_by_a_run(path: Path) -> bool:
+    """Whether `path` is a run's saved, fully merged config (Lightning's header on its first line)."""
+    with open(path, encoding="utf-8", errors="replace") as f:
+        return f.readline().startswith(SAVED_RUN_HEADER)
 
 
 def config_option_values(args: Sequence[str]) -> list[tuple[int, int, str]]:

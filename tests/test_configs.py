@@ -174,6 +174,19 @@ def test_bases_chain_and_expand_in_order(tmp_path: Path) -> None:
     ]
 
 
+def test_a_runs_saved_config_is_not_merged_with_a_base_again(tmp_path: Path) -> None:
+    """A run's config.yaml (Lightning's header first) is already merged: a `base` left in it by a
+    run saved before the CLI cleared it is not looked up next to the run directory."""
+    saved = tmp_path / "config.yaml"
+    saved.write_text("# lightning.pytorch==2.6.6\nx: 1\nbase: ../tiger.yaml\n")
+    assert config_chain(saved) == [saved]
+    assert load_config(saved) == {"x": 1}
+    hand_written = tmp_path / "delta.yaml"
+    hand_written.write_text("# a comment of my own\nx: 1\nbase: ../tiger.yaml\n")
+    with pytest.raises(ConfigError, match="builds on ../tiger.yaml, which does not exist"):
+        config_chain(hand_written)
+
+
 def test_merge_follows_the_parser_rules() -> None:
     base = {"loss": {"class_path": "A", "init_args": {"u": 1}}, "cbs": [1, 2], "n": {"a": 1}}
     same = merge(base, {"loss": {"init_args": {"v": 2}}, "n": {"b": 2}, "cbs+": [3]})

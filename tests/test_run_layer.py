@@ -153,6 +153,28 @@ def test_a_named_run_resumes_in_place_from_its_checkpoint_path(tmp_path: Path, d
     assert torch.load(last, weights_only=True)["global_step"] == 8
 
 
+def test_a_run_of_a_delta_config_is_tested_again_from_its_saved_config(
+    tmp_path: Path,
+    data: dict[str, Any],  # noqa: F811
+) -> None:
+    """`genrec test --config <run>/config.yaml`, as the README says: for a run of a config that
+    builds on a base, the saved file is the merged config and names no base (it used to keep
+    `base: tiger.yaml`, which does not exist in the run directory, so the command failed)."""
+    config = experiment(tmp_path, data, max_steps=2)
+    delta = tmp_path / "variant.yaml"
+    delta.write_text(f"base: {config.name}\nseed_everything: 3\n")
+    GenRecCLI(args=["fit", "--config", str(delta), "--test_after_fit", "false"])
+    run = tmp_path / "runs" / "tiger" / "version_0"
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["base"] is None and saved["seed_everything"] == 3
+    assert saved["trainer"]["max_steps"] == 2  # the base's settings are in the file itself
+    last = run / "checkpoints" / LAST
+    tested = GenRecCLI(args=["test", "--config", str(run / "config.yaml"), "--ckpt_path", str(last),
+                             "--trainer.logger.init_args.version", "0"])  # fmt: skip
+    assert "test/ndcg@10" in tested.trainer.callback_metrics
+    assert (run / "test_metrics.json").is_file()
+
+
 def test_a_checkpoint_of_another_named_run_does_not_overwrite_this_runs_config(
     tmp_path: Path,
     data: dict[str, Any],  # noqa: F811

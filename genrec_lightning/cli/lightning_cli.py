@@ -95,6 +95,12 @@ class GenRecCLI(LightningCLI):
             return
         argv = expand_bases(list(sys.argv[1:] if args is None else args))
         self.config = parser.parse_args(nest_flat_model_settings(argv))
+        # The bases are merged in by now: the run's saved config.yaml must not name one again
+        # (relative to the run directory it would not even exist).
+        command = self.config.get("subcommand")
+        parsed = self.config.get(command) if command else self.config
+        if parsed is not None and parsed.get("base") is not None:
+            parsed["base"] = None
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument("--base", type=str | None, default=None, help=BASE_HELP)
