@@ -58,7 +58,7 @@ def config_chain(path: str | Path) -> list[Path]:
             raise ConfigError(f"config bases form a circle ({names}): remove one `base:`")
         chain.append(current)
         base = read_yaml(current).get(BASE_KEY)
-        if _saved_by_a_run(current):
+        if base is not None and _saved_by_a_run(current):
             base = None
         if base is not None and not isinstance(base, str):
             raise ConfigError(f"{current}: `base` must be a path to a YAML file, got {base!r}")
