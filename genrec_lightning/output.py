@@ -24,20 +24,25 @@ LIGHTNING_INFO_LOGGERS: tuple[str, ...] = (
     "lightning_fabric.utilities.rank_zero",
     "lightning_utilities.core.rank_zero",
 )
-#: Lightning's advertising lines ("💡 Tip: ... install litlogger / litmodels"), logged at INFO on
-#: every Trainer; Lightning has no switch for them, only its loggers.
-LIGHTNING_TIP_PREFIX = "💡 Tip:"
+#: Lightning INFO lines that tell the user nothing, with no switch but its loggers: advertising
+#: ("💡 Tip: ... install litlogger / litmodels", every Trainer) and the note that the training
+#: loader was built early to count the run's steps (every fit whose schedule or curriculum
+#: reads `estimated_stepping_batches`, i.e. all of ours).
+LIGHTNING_NOISE_PREFIXES: tuple[str, ...] = (
+    "💡 Tip:",
+    "Loading `train_dataloader` to estimate number of stepping batches",
+)
 #: Recent torch deprecates instantiating `LeafSpec`; Lightning's CombinedLoader
 #: (lightning/pytorch/utilities/_pytree.py) still does on every fit/validate/test. Not ours to fix.
 PYTREE_DEPRECATION = r"`isinstance\(treespec, LeafSpec\)` is deprecated"
 PYTREE_MODULE = r"lightning\.pytorch\.utilities\._pytree|pytorch_lightning\.utilities\._pytree"
 
 
-class _DropLightningTips(logging.Filter):
-    """Drop Lightning's tip records and keep every other Lightning message (GPU used, fit stopped)."""
+class _DropLightningNoise(logging.Filter):
+    """Drop Lightning's noise records and keep every other Lightning message (GPU used, fit stopped)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith(LIGHTNING_TIP_PREFIX)
+        return not str(record.msg).startswith(LIGHTNING_NOISE_PREFIXES)
 
 
 class _ConsoleFormatter(logging.Formatter):
@@ -50,7 +55,7 @@ class _ConsoleFormatter(logging.Formatter):
         return f"{record.levelname} {record.name}: {message}"
 
 
-_TIP_FILTER = _DropLightningTips()
+_NOISE_FILTER = _DropLightningNoise()
 
 
 def configure_output(verbose: bool = False) -> None:
@@ -72,9 +77,9 @@ def configure_output(verbose: bool = False) -> None:
     for name in LIGHTNING_INFO_LOGGERS:
         logger = logging.getLogger(name)
         if verbose:
-            logger.removeFilter(_TIP_FILTER)
+            logger.removeFilter(_NOISE_FILTER)
         else:
-            logger.addFilter(_TIP_FILTER)  # a no-op when already there
+            logger.addFilter(_NOISE_FILTER)  # a no-op when already there
     if not verbose:
         warnings.filterwarnings(
             "ignore", message=PYTREE_DEPRECATION, category=FutureWarning, module=PYTREE_MODULE

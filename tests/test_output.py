@@ -130,6 +130,7 @@ logging.getLogger("faiss.loader").info("Could not load library with AVX2 support
 logging.getLogger("faiss.loader").error("a faiss error line")
 rank_zero_info("💡 Tip: For seamless cloud logging, try installing litlogger")
 rank_zero_info("GPU available: False, used: False")
+rank_zero_info("Loading `train_dataloader` to estimate number of stepping batches.")
 _tree_flatten(1)  # Lightning's own LeafSpec() call: the known-harmless deprecation
 LeafSpec()  # the same deprecation from code that is not Lightning's: still shown
 warnings.warn("a genuine user warning", UserWarning)
@@ -145,6 +146,7 @@ def test_console_setup_keeps_real_warnings_and_drops_noise() -> None:
     assert "a faiss error line" in err
     assert "Could not load library" not in err
     assert "Tip:" not in err and "GPU available: False, used: False" in err
+    assert "to estimate number of stepping batches" not in err
     assert err.count("isinstance(treespec, LeafSpec)") == 1  # from LeafSpec() here, not Lightning's
     assert "lightning/pytorch/utilities/_pytree.py" not in err
     assert "a genuine user warning" in err

@@ -92,7 +92,9 @@ class ResumeState(L.Callback):
         if current and trainer.global_step in (_saved_step(callback), self._last_saved_step):
             return path
         callback.last_model_path = str(path)  # part of the state written below
-        trainer.save_checkpoint(path)
+        # A full checkpoint (a resume needs the optimiser and loops); saying so keeps Lightning from
+        # logging that it defaulted to one at every validation.
+        trainer.save_checkpoint(path, weights_only=False)
         self._last_saved_step = trainer.global_step
         return path
 
